@@ -1,0 +1,131 @@
+"""``load_model``: build the :class:`~interp.model.Model` facade from whatever the user has.
+
+Accepted: an embedded model name (``smollm2-135m``, the default), a local folder or Hugging Face id
+(hub only when online), an already-loaded ``transformers`` model, a TransformerLens
+``TransformerBridge``, or an nnsight model.  The engine is ``transformer-lens`` (default) or
+``nnsight``; a bridge or an nnsight model fixes the engine to its own.
+
+A model the user passes in is never changed: the TransformerLens engine boots its bridge on a
+deep copy (booting converts a model in place), the nnsight engine only wraps it.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from interp.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, load_embedded, unknown_model_message
+from interp.model import Model
+
+ENGINES = ("transformer-lens", "nnsight")
+EngineName = Literal["transformer-lens", "nnsight"]
+
+
+def load_model(
+    model=DEFAULT_MODEL,
+    *,
+    engine: EngineName = "transformer-lens",
+    tokenizer=None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = "eager",
+    remote: bool | str = False,
+) -> Model:
+    """Build a :class:`Model`.
+
+    ``attn_implementation``: for models loaded here, the attention implementation to load with
+    (eager, so attention weights exist).  For a transformers model you pass in, ``"eager"`` makes
+    the nnsight engine work on an eager copy when yours runs sdpa; ``None`` keeps yours as it is.
+    ``remote``: nnsight only; ``True`` runs on NDIF (hub model ids), ``"local"`` dry-runs the
+    serialisation offline.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {ENGINES}")
+    if remote and engine != "nnsight":
+        raise ValueError("remote= runs through NDIF, which is the nnsight engine: pass engine='nnsight'")
+
+    kind = _kind(model)
+    if kind == "bridge":
+        from interp.engines.transformer_lens import TransformerLensEngine
+
+        return Model(TransformerLensEngine(model), name=getattr(model.cfg, "model_name", "bridge"), tokenizer=tokenizer)
+    if kind == "nnsight":
+        from interp.engines.nnsight_engine import NNsightEngine
+
+        return Model(NNsightEngine(model, remote=remote), name=type(model._module).__name__, tokenizer=tokenizer)
+
+    owned = kind == "name"
+    if kind == "name":
+        name = str(model)
+        if engine == "nnsight" and remote is True and name not in EMBEDDED_MODELS:
+            return _remote_nnsight(name, tokenizer)
+        hf_model, tok = _load_by_name(name, attn_implementation or "eager", dtype)
+        tokenizer = tokenizer or tok
+    else:  # a transformers model the user passed in
+        name = getattr(model.config, "_name_or_path", None) or type(model).__name__
+        hf_model = model
+        if tokenizer is None:
+            raise ValueError("pass tokenizer= with a transformers model (the facade needs it for prompts)")
+    if device is not None:
+        if not owned:
+            raise ValueError("device= moves models loaded here; move your own model before passing it in")
+        hf_model = hf_model.to(device)
+
+    if engine == "transformer-lens":
+        from interp.engines.transformer_lens import TransformerLensEngine
+
+        eng = TransformerLensEngine.from_hf(hf_model, tokenizer, copy_model=not owned, name=name)
+    else:
+        from interp.engines.nnsight_engine import NNsightEngine
+
+        current = getattr(hf_model.config, "_attn_implementation", "eager")
+        if not owned and attn_implementation and current != attn_implementation:
+            hf_model = copy.deepcopy(hf_model)
+            hf_model.set_attn_implementation(attn_implementation)
+        eng = NNsightEngine.from_hf(hf_model, tokenizer, remote=remote)
+    return Model(eng, name=name, tokenizer=tokenizer)
+
+
+def _kind(model) -> str:
+    if isinstance(model, (str, Path)):
+        return "name"
+    cls_names = {c.__name__ for c in type(model).__mro__}
+    if "TransformerBridge" in cls_names:
+        return "bridge"
+    if "NNsight" in cls_names or "Envoy" in cls_names:
+        return "nnsight"
+    if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
+        return "transformers"
+    raise TypeError(
+        f"cannot build a model from {type(model).__name__}: pass an embedded name ({', '.join(EMBEDDED_MODELS)}), "
+        "a local folder or Hugging Face id, a transformers model, a TransformerBridge or an nnsight model"
+    )
+
+
+def _load_by_name(name: str, attn_implementation: str, dtype):
+    if name in EMBEDDED_MODELS:
+        return load_embedded(name, attn_implementation=attn_implementation, dtype=dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    is_local = Path(name).exists()
+    if not is_local and ("/" not in name or name.startswith((".", "/"))):
+        raise ValueError(unknown_model_message(name))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation=attn_implementation, dtype=dtype or torch.float32)
+        tok = AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        raise ValueError(unknown_model_message(name) + f" (loading {name!r} failed: {err})") from err
+    model.eval()
+    return model, tok
+
+
+def _remote_nnsight(name: str, tokenizer) -> Model:
+    """A hub model on NDIF: nnsight loads only its config (meta weights); every run is remote."""
+    from nnsight import LanguageModel
+
+    from interp.engines.nnsight_engine import NNsightEngine
+
+    nn_model = LanguageModel(name, tokenizer=tokenizer) if tokenizer is not None else LanguageModel(name)
+    return Model(NNsightEngine(nn_model, remote=True), name=name)
