@@ -136,7 +136,7 @@ class Model:
             hooks += capture_hooks(spec, engine=self.engine, store=store, pos_index=pos, n_layers=self.n_layers, keep_graph=grad)
         self.engine.check_sites([site for site, _ in hooks])
         with torch.set_grad_enabled(grad):
-            out = self.engine.forward(input_ids, attention_mask, position_ids, hooks)
+            out = self.engine.forward(input_ids, attention_mask, position_ids, hooks, store)
         if logits == "final":
             out = out[torch.arange(batch, device=out.device), final.to(out.device)]
         return RunResult(logits=out, acts=store, final_positions=final)

@@ -51,9 +51,11 @@ class Engine(ABC):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         hooks: Sequence[tuple[Site, HookFn]],
+        store: dict | None = None,
     ) -> torch.Tensor:
         """Run the model and return logits [batch, pos, vocab]; hooks fire in the order given
-        for the same site and are removed when the call returns or raises."""
+        for the same site and are removed when the call returns or raises.  ``store`` is the dict
+        the capture hooks write into; an engine that runs remotely must bring it back filled."""
 
     @abstractmethod
     def W_O(self, layer: int) -> torch.Tensor:

@@ -77,10 +77,13 @@ class NNsightEngine(Engine):
     def b_O(self, layer: int) -> torch.Tensor | None:
         return self.hf_model.model.layers[layer].self_attn.o_proj.bias
 
-    def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]]) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None) -> torch.Tensor:
+        import nnsight
+
         ordered = sorted(hooks, key=lambda item: item[0].sort_key())  # stable: same-site order kept
         grouped = [(site, [fn for _, fn in group]) for site, group in groupby(ordered, key=lambda item: item[0])]
         nn = self.nn
+        saved = store if store is not None else {}
         with nn.trace(input_ids, attention_mask=attention_mask, position_ids=position_ids, remote=self.remote):
             for site, fns in grouped:
                 if site.hook != "logits":
@@ -91,6 +94,11 @@ class NNsightEngine(Engine):
                 nn.lm_head.output = new
                 logits = new
             logits = logits.save()
+            # Captures are written into ``store`` inside the trace; saving it is what brings them
+            # back from NDIF (locally it is the same object).
+            saved = nnsight.save(saved)
+        if store is not None and saved is not store:
+            store.update(saved)
         return logits
 
     # --- site access -------------------------------------------------------------------------

@@ -1,0 +1,200 @@
+"""``verify``: are the hooks faithful on this model?  Checks any model a user brings.
+
+Each check is a max-abs difference against a threshold:
+
+- ``hooked_vs_plain_logits``: logits with read hooks on every site vs the plain transformers
+  forward of the same weights (eager attention), no hooks: ≤ 1e-4.
+- ``resid_post_vs_hidden_states``: ``blocks.{l}.hook_resid_post`` vs the model's own
+  ``hidden_states[l + 1]`` (the last one through the final norm, as transformers returns it): ≤ 1e-5.
+- ``heads_sum_vs_attn_out``: Σ_h ``attn.hook_result`` (+ b_O) vs ``hook_attn_out``, divided by
+  max(1, max|attn_out|): ≤ 1e-5.  Relative because attn_out itself is a float32 matmul whose
+  rounding grows with its size (SmolLM2's layer 24 reaches |attn_out| = 184, where one float32 ulp
+  is 1.5e-5); with ``dtype=torch.float64`` the absolute difference is ~1e-13.
+- ``engines_agree_<site>``: the same captures through TransformerLens and nnsight: ≤ 1e-5.
+- ``no_hooks_left``: hook count on the model after the calls, also after a call that raised: 0.
+
+The prompts are a left-padded batch of two rows, so masks and position ids are exercised.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from interp.capture import Capture
+from interp.loading import load_model
+
+VERIFY_TEXTS = [
+    "Q: cat\nA: cats\n\nQ: house\nA: houses\n\nQ: mouse\nA:",
+    "Review: the food was cold and the service slow.\nSentiment: negative\n\nReview: a delightful evening, we loved it.\nSentiment:",
+]
+THRESHOLDS = {"logits": 1e-4, "resid": 1e-5, "heads_sum": 1e-5, "engines": 1e-5}
+
+
+@dataclass
+class Check:
+    name: str
+    engine: str
+    value: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.value <= self.threshold)
+
+
+@dataclass
+class VerifyResult:
+    model: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "passed": self.passed,
+            "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
+        }
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max abs difference; NaN anywhere gives inf, so a NaN can never pass a check."""
+    d = (a.detach().double() - b.detach().double()).abs()
+    return float("inf") if bool(d.isnan().any()) else float(d.max())
+
+
+def count_hooks(module: torch.nn.Module) -> int:
+    """PyTorch hooks registered anywhere in ``module`` (forward, pre-forward, backward)."""
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in module.modules()
+    )
+
+
+def count_bridge_hooks(bridge) -> int:
+    """TransformerLens hook functions attached to a bridge's hook points."""
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in bridge.hook_dict.values())
+
+
+def verify(
+    model="smollm2-135m", *, tokenizer=None, engines=("transformer-lens", "nnsight"), texts=VERIFY_TEXTS, dtype=None
+) -> VerifyResult:
+    """Run every check on ``model`` (anything :func:`load_model` accepts) with each engine.
+
+    ``dtype`` (models loaded by name only) loads the weights in that dtype, e.g. float64.  The
+    batch is left-padded, except in float64, where plain transformers itself turns left-padded
+    rows into NaN (masked pad rows), so right padding is used there."""
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    facades = {e: load_model(model, engine=e, tokenizer=tokenizer, **kwargs) for e in engines}
+    first = next(iter(facades.values()))
+    result = VerifyResult(model=first.name)
+    reference = _plain_reference(first.hf_model)
+    padding = "right" if dtype == torch.float64 else "left"
+    input_ids, mask = first.encode(texts, padding_side=padding)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        plain = reference(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, output_hidden_states=True)
+
+    n = first.n_layers
+    captures = [
+        Capture("attn.hook_pattern"),
+        Capture("attn.hook_z"),
+        Capture("attn.hook_result"),
+        Capture("hook_attn_out"),
+        Capture("hook_resid_post"),
+        Capture("hook_mlp_out"),
+        Capture("attn.hook_k"),
+    ]
+    runs = {}
+    for engine, fm in facades.items():
+        with torch.no_grad():
+            run = fm.run(input_ids, attention_mask=mask, capture=captures)
+        runs[engine] = run
+        real = mask.bool()
+        result.checks.append(Check("hooked_vs_plain_logits", engine, _maxdiff(run.logits[real], plain.logits[real]), THRESHOLDS["logits"]))
+        worst = 0.0
+        for l in range(n):
+            ours = run.acts[f"blocks.{l}.hook_resid_post"]
+            if l == n - 1:
+                ours = reference.model.norm(ours)
+            worst = max(worst, _maxdiff(ours[real], plain.hidden_states[l + 1][real]))
+        result.checks.append(Check("resid_post_vs_hidden_states", engine, worst, THRESHOLDS["resid"]))
+        worst = 0.0
+        for l in range(n):
+            total = run.acts[f"blocks.{l}.attn.hook_result"].sum(2)
+            b_o = fm.engine.b_O(l)
+            if b_o is not None:
+                total = total + b_o
+            attn_out = run.acts[f"blocks.{l}.hook_attn_out"]
+            worst = max(worst, _maxdiff(total, attn_out) / max(1.0, float(attn_out.abs().max())))
+        result.checks.append(Check("heads_sum_vs_attn_out", engine, worst, THRESHOLDS["heads_sum"]))
+        result.checks.append(Check("no_hooks_left", engine, float(_hooks_after_raise(fm, input_ids, mask)), 0.0))
+
+    if len(runs) == 2:
+        a, b = runs.values()
+        real = mask.bool()
+        result.checks.append(Check("engines_agree_logits", "both", _maxdiff(a.logits[real], b.logits[real]), THRESHOLDS["engines"]))
+        for hook in ("attn.hook_pattern", "attn.hook_z", "attn.hook_k", "hook_resid_post", "hook_mlp_out"):
+            worst = max(_maxdiff(a.acts[f"blocks.{l}.{hook}"], b.acts[f"blocks.{l}.{hook}"]) for l in range(n))
+            result.checks.append(Check(f"engines_agree_{hook.split('.')[-1]}", "both", worst, THRESHOLDS["engines"]))
+    return result
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _hooks_after_raise(fm, input_ids, mask) -> int:
+    """Hooks left on the model (and bridge) by a call whose hook raised, beyond those present
+    after a plain call."""
+
+    def explode(_):
+        raise _Boom("deliberate failure inside a hook")
+
+    from interp.edits import Edit
+
+    class Explode(Edit):
+        def hooks(self, ctx):
+            from interp.sites import Site
+
+            return [(Site(ctx.facts.n_layers // 2, "hook_resid_post"), explode)]
+
+    def hooks_now() -> int:
+        return count_hooks(fm.hf_model) + (count_bridge_hooks(fm.bridge) if fm.bridge is not None else 0)
+
+    with torch.no_grad():
+        fm.run(input_ids, attention_mask=mask)  # a bridge wires its own permanent hooks on first use
+    baseline = hooks_now()
+    try:
+        with torch.no_grad():
+            fm.run(input_ids, attention_mask=mask, edits=[Explode()], capture=["attn.hook_pattern"])
+    except _Boom:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("the exploding hook did not fire")
+    return hooks_now() - baseline
+
+
+def _plain_reference(hf_model) -> torch.nn.Module:
+    """An eager copy of the engine's weights as a plain transformers model (no bridge, no hooks)."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(hf_model.config)
+    config._attn_implementation = "eager"
+    ref = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=next(hf_model.parameters()).dtype)
+    # a bridge-converted model names its weights "_self_attn._q_proj._weight" or
+    # "original_component.weight": map back to the transformers names
+    state = {_plain_key(k): v for k, v in hf_model.state_dict().items()}
+    missing, _aliases = ref.load_state_dict(state, strict=False)  # bridge aliases are extra keys
+    if [k for k in missing if "rotary" not in k]:
+        raise RuntimeError(f"could not rebuild a plain copy of the model: missing weights {missing[:5]}")
+    return ref.eval()
+
+
+def _plain_key(key: str) -> str:
+    parts = [p for p in (q.lstrip("_") for q in key.split(".")) if p != "original_component"]
+    return ".".join(parts)
