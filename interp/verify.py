@@ -77,7 +77,8 @@ def count_hooks(module: torch.nn.Module) -> int:
 
 def count_bridge_hooks(bridge) -> int:
     """TransformerLens hook functions attached to a bridge's hook points."""
-    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in bridge.hook_dict.values())
+    unique = {id(hp): hp for hp in bridge.hook_dict.values()}  # aliases share one HookPoint
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in unique.values())
 
 
 def verify(

@@ -5,7 +5,8 @@ TransformerLens names are the site vocabulary, so sites map onto hook points one
 exactly the hooks it added when the call returns or raises; hooks a user attached stay.
 
 ``boot_transformers`` converts the model it is given in place (eager attention, bridge
-submodules), so a model the user passed in is deep-copied first: the user's object keeps
+submodules) and rewrites the tokenizer's special tokens, so a model the user passed in is
+deep-copied first and the bridge always gets a copy of the tokenizer: the user's objects keep
 behaving as before.
 """
 from __future__ import annotations
@@ -24,10 +25,10 @@ _GLOBAL_HOOK_NAMES = {"logits": "unembed.hook_out", "hook_embed": "hook_embed"}
 class TransformerLensEngine(Engine):
     name = "transformer-lens"
 
-    def __init__(self, bridge):
+    def __init__(self, bridge, tokenizer=None):
         self.bridge = bridge
         cfg = bridge.cfg
-        self.tokenizer = bridge.tokenizer
+        self.tokenizer = tokenizer if tokenizer is not None else bridge.tokenizer
         self.facts = ModelFacts(
             n_layers=cfg.n_layers,
             n_heads=cfg.n_heads,
@@ -44,11 +45,12 @@ class TransformerLensEngine(Engine):
         from transformer_lens.model_bridge import TransformerBridge
 
         model = copy.deepcopy(hf_model) if copy_model else hf_model
+        # booting also rewrites the tokenizer (padding side, bos/eos/pad tokens): give it a copy
         bridge = TransformerBridge.boot_transformers(
-            name, hf_model=model, tokenizer=tokenizer, dtype=next(model.parameters()).dtype
+            name, hf_model=model, tokenizer=copy.deepcopy(tokenizer), dtype=next(model.parameters()).dtype
         )
         bridge.eval()
-        return cls(bridge)
+        return cls(bridge, tokenizer)
 
     @property
     def hf_model(self) -> torch.nn.Module:
