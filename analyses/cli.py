@@ -1,0 +1,98 @@
+"""``icl-interp``: the command line over the same functions the notebooks call.
+
+    icl-interp verify --model smollm2-135m          hook faithfulness checks, JSON, exit 1 on failure
+    icl-interp accuracy --task present-past --k 0 1 2 4 8 --n 100
+    icl-interp demo                                  the main job on the embedded model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder or Hugging Face id")
+    p.add_argument("--engine", default="transformer-lens", choices=["transformer-lens", "nnsight"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (pin for bit-reproducible runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _setup(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def cmd_verify(args) -> int:
+    import torch
+
+    from interp.verify import verify
+
+    _setup(args)
+    engines = ("transformer-lens", "nnsight") if args.engines == "both" else (args.engines,)
+    dtype = {"float32": None, "float64": torch.float64}[args.dtype]
+    result = verify(args.model, engines=engines, dtype=dtype)
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.passed else 1
+
+
+def cmd_accuracy(args) -> int:
+    from analyses.icl_accuracy import icl_accuracy_vs_k
+    from interp import load_model
+
+    _setup(args)
+    model = load_model(args.model, engine=args.engine)
+    result = icl_accuracy_vs_k(model, args.task, ks=args.k, n=args.n, seeds=args.seed, progress=not args.quiet)
+    print(result.summary())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from analyses.demo import run_demo
+
+    _setup(args)
+    run_demo(model_name=args.model, engine=args.engine, out=Path(args.out), n=args.n, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icl-interp", description="Mechanistic interpretability of in-context learning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("verify", help="check that hooks are faithful on a model (JSON; exit 1 on failure)")
+    _common(p)
+    p.add_argument("--engines", default="both", choices=["both", "transformer-lens", "nnsight"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("accuracy", help="ICL accuracy against the number of demonstrations")
+    _common(p)
+    p.add_argument("--task", default="present-past")
+    p.add_argument("--k", type=int, nargs="+", default=[0, 1, 2, 4, 8])
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, nargs="+", default=[0])
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_accuracy)
+
+    p = sub.add_parser("demo", help="the main job on the embedded model")
+    _common(p)
+    p.add_argument("--n", type=int, default=60, help="queries per task")
+    p.add_argument("--out", default="out/demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Self-contained HTML reports: plotly figures with plotly's JavaScript embedded from the installed
+package (no CDN), so the file opens offline; a results.json beside it holds every number shown."""
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON to ``path`` via a temporary file and rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def write_report(path: Path, title: str, sections: Sequence[tuple[str, str, Sequence]]) -> None:
+    """Write an HTML report: ``sections`` are (heading, preformatted text, plotly figures)."""
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}pre{background:#f6f6f6;padding:1em}</style>",
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for heading, text, figures in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if text:
+            parts.append(f"<pre>{html.escape(text)}</pre>")
+        for fig in figures:
+            parts.append(pio.to_html(fig, include_plotlyjs=False, full_html=False))
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, path)

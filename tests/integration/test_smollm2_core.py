@@ -1,0 +1,87 @@
+"""The core on the embedded SmolLM2-135M: hooks faithful on both engines, the user's model
+untouched, the NDIF serialisation path, and ICL visible through prompts + scoring."""
+import hashlib
+
+import pytest
+import torch
+
+from interp import AttentionKnockout, Capture, load_model
+from interp.embedded import load_embedded
+from interp.verify import count_hooks, verify
+
+
+@pytest.fixture(scope="module")
+def hf_smollm2():
+    try:
+        return load_embedded()
+    except ModuleNotFoundError as err:
+        pytest.skip(str(err))
+
+
+def test_verify_passes_on_both_engines(hf_smollm2):
+    result = verify("smollm2-135m")
+    by = {(c.name, c.engine): c for c in result.checks}
+    for engine in ("transformer-lens", "nnsight"):
+        assert by[("hooked_vs_plain_logits", engine)].value <= 1e-4
+        assert by[("resid_post_vs_hidden_states", engine)].value <= 1e-5
+        assert by[("heads_sum_vs_attn_out", engine)].value <= 1e-5
+        assert by[("no_hooks_left", engine)].value == 0
+    assert by[("engines_agree_hook_pattern", "both")].value <= 1e-5
+    assert result.passed, result.to_dict()
+
+
+def _hash(model):
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode() + p.detach().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_passed_in_model_is_untouched_on_both_engines(hf_smollm2):
+    hf, tok = hf_smollm2
+    ids = tok(["The capital of France is"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        before = hf(input_ids=ids).logits
+    digest, impl, tok_state = _hash(hf), hf.config._attn_implementation, (tok.padding_side, tok.bos_token, tok.pad_token)
+    for engine in ("transformer-lens", "nnsight"):
+        fm = load_model(hf, engine=engine, tokenizer=tok)
+        with torch.no_grad():
+            fm.run(ids, capture=[Capture("attn.hook_pattern", positions="final")], edits=[AttentionKnockout("final", [0, 1])])
+        with pytest.raises(ZeroDivisionError):
+            fm.run(ids, edits=[_Raise()])
+        assert count_hooks(hf) == 0
+        assert _hash(hf) == digest and hf.config._attn_implementation == impl
+        assert (tok.padding_side, tok.bos_token, tok.pad_token) == tok_state
+        with torch.no_grad():
+            assert torch.equal(hf(input_ids=ids).logits, before)
+
+
+class _Raise:
+    def hooks(self, ctx):
+        from interp.sites import Site
+
+        return [(Site(3, "hook_resid_post"), lambda t: 1 / 0)]
+
+
+def test_nnsight_remote_local_dry_run(hf_smollm2):
+    local = load_model("smollm2-135m", engine="nnsight")
+    remote = load_model("smollm2-135m", engine="nnsight", remote="local")
+    caps = [Capture("attn.hook_pattern", layers=[5, 20], positions="final"), Capture("attn.hook_result", layers=12, heads=[0, 4])]
+    with torch.no_grad():
+        a = local.run(["Q: go\nA: went\n\nQ: see\nA:"], capture=caps)
+        b = remote.run(["Q: go\nA: went\n\nQ: see\nA:"], capture=caps)
+    assert set(b.acts) == {"blocks.5.attn.hook_pattern", "blocks.20.attn.hook_pattern", "blocks.12.attn.hook_result"}
+    for k in a.acts:
+        assert torch.equal(a.acts[k], b.acts[k])
+    assert torch.equal(a.logits, b.logits)
+
+
+def test_icl_lifts_present_past_accuracy(smollm2):
+    """Shared README measured 0.00 zero-shot and 0.85 at k=4 on this model; bundled data should
+    show the same jump."""
+    from analyses.icl_accuracy import icl_accuracy_vs_k
+
+    torch.manual_seed(0)
+    r = icl_accuracy_vs_k(smollm2, "present-past", ks=(0, 4), n=40, progress=False)
+    assert r.accuracy[0]["accuracy"] <= 0.2
+    assert r.accuracy[4]["accuracy"] >= 0.6
