@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from interp import Capture, load_model  # noqa: E402
-from interp.verify import _plain_reference  # noqa: E402
+from interp.plain import plain_twin  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load_model(args.model)
-    reference = _plain_reference(model.hf_model)
+    reference = plain_twin(model.hf_model)
     rows = []
     for name in args.only or BENCHES:
         rows.append(BENCHES[name](model, reference, args.repeats))

@@ -17,13 +17,13 @@ The prompts are a left-padded batch of two rows, so masks and position ids are e
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from interp.capture import Capture
 from interp.loading import load_model
+from interp.plain import plain_twin
 
 VERIFY_TEXTS = [
     "Q: cat\nA: cats\n\nQ: house\nA: houses\n\nQ: mouse\nA:",
@@ -93,7 +93,7 @@ def verify(
     facades = {e: load_model(model, engine=e, tokenizer=tokenizer, **kwargs) for e in engines}
     first = next(iter(facades.values()))
     result = VerifyResult(model=first.name)
-    reference = _plain_reference(first.hf_model)
+    reference = plain_twin(first.hf_model)
     padding = "right" if dtype == torch.float64 else "left"
     input_ids, mask = first.encode(texts, padding_side=padding)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -178,24 +178,3 @@ def _hooks_after_raise(fm, input_ids, mask) -> int:
     else:  # pragma: no cover
         raise AssertionError("the exploding hook did not fire")
     return hooks_now() - baseline
-
-
-def _plain_reference(hf_model) -> torch.nn.Module:
-    """An eager copy of the engine's weights as a plain transformers model (no bridge, no hooks)."""
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(hf_model.config)
-    config._attn_implementation = "eager"
-    ref = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=next(hf_model.parameters()).dtype)
-    # a bridge-converted model names its weights "_self_attn._q_proj._weight" or
-    # "original_component.weight": map back to the transformers names
-    state = {_plain_key(k): v for k, v in hf_model.state_dict().items()}
-    missing, _aliases = ref.load_state_dict(state, strict=False)  # bridge aliases are extra keys
-    if [k for k in missing if "rotary" not in k]:
-        raise RuntimeError(f"could not rebuild a plain copy of the model: missing weights {missing[:5]}")
-    return ref.eval()
-
-
-def _plain_key(key: str) -> str:
-    parts = [p for p in (q.lstrip("_") for q in key.split(".")) if p != "original_component"]
-    return ".".join(parts)
