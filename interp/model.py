@@ -141,6 +141,32 @@ class Model:
             out = out[torch.arange(batch, device=out.device), final.to(out.device)]
         return RunResult(logits=out, acts=store, final_positions=final)
 
+    def gradients(
+        self,
+        inputs,
+        sites: Sequence[str],
+        metric,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        edits: Sequence[Edit] = (),
+    ) -> "GradientResult":
+        """Activations at ``sites`` (full names) and the gradient of ``metric(final logits)``
+        with respect to each, from one forward and one backward.
+
+        A zero tensor that requires grad is added at every site (value unchanged), so the
+        gradient is taken where the activation really flows, whatever the engine does around its
+        hook points."""
+        taps = [_GradTap(site) for site in sites]
+        out = self.run(inputs, edits=[*edits, *taps], attention_mask=attention_mask, grad=True, logits="final")
+        value = metric(out.logits)
+        grads = torch.autograd.grad(value, [t.delta for t in taps])
+        return GradientResult(
+            value=float(value.detach()),
+            acts=Activations({t.site: t.value for t in taps}),
+            grads=Activations({t.site: g.detach() for t, g in zip(taps, grads)}),
+            logits=out.logits.detach(),
+        )
+
     def _inputs(self, inputs, attention_mask):
         if hasattr(inputs, "input_ids") and hasattr(inputs, "final_positions"):  # IclBatch
             return inputs.input_ids, inputs.attention_mask, inputs.final_positions().cpu()
@@ -155,6 +181,40 @@ class Model:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
         return input_ids, attention_mask, final_positions(attention_mask.cpu())
+
+
+@dataclass
+class GradientResult:
+    """``metric`` value, activations and d metric / d activation at each requested site."""
+
+    value: float
+    acts: Activations
+    grads: Activations
+    logits: torch.Tensor
+
+
+class _GradTap(Edit):
+    """Adds a zero leaf at ``site`` and keeps it, so autograd can differentiate with respect to
+    the activation that actually flows on."""
+
+    def __init__(self, site: str):
+        self.site = site
+        self.delta: torch.Tensor | None = None
+        self.value: torch.Tensor | None = None
+
+    def hooks(self, ctx):
+        from interp.sites import parse_site
+
+        target = parse_site(self.site, ctx.facts.n_layers)
+        if target.hook == "attn.hook_result":
+            raise ValueError("gradients: use attn.hook_z (hook_result is derived and read-only)")
+
+        def fn(t):
+            self.value = t.detach().clone()
+            self.delta = torch.zeros_like(t, requires_grad=True)
+            return t + self.delta
+
+        return [(target, fn)]
 
 
 def final_positions(attention_mask: torch.Tensor) -> torch.Tensor:
