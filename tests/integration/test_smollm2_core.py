@@ -85,3 +85,13 @@ def test_icl_lifts_present_past_accuracy(smollm2):
     r = icl_accuracy_vs_k(smollm2, "present-past", ks=(0, 4), n=40, progress=False)
     assert r.accuracy[0]["accuracy"] <= 0.2
     assert r.accuracy[4]["accuracy"] >= 0.6
+
+
+def test_smollm2_has_induction_heads_a_random_init_twin_does_not(smollm2):
+    from analyses.induction import induction_scores
+    from interp.random_init import random_init_like
+
+    real = induction_scores(smollm2, n_sequences=4)
+    control = induction_scores(random_init_like(smollm2, seed=0), n_sequences=4)
+    assert real.induction.max() >= 0.5          # measured: L18H6 0.92
+    assert control.induction.max() <= 0.2      # random weights: no prefix matching
