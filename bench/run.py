@@ -77,7 +77,90 @@ def bench_capture_overhead(model, reference, repeats: int) -> dict:
     return row("capture_overhead_200tok", ratio, "<= 1.10", ratio <= 1.10, plain_s=round(t_plain, 4), capture_s=round(t_cap, 4))
 
 
-BENCHES = {"capture_overhead": bench_capture_overhead}
+def icl_pair(model, n_demos: int = 4):
+    """A sentiment ICL prompt (~84 tokens with SmolLM2) and its corrupted twin with every demo
+    label flipped; both unpadded, token-aligned."""
+    from interp.tasks import load_task
+
+    task = load_task("sentiment")
+    demos, query = task.examples[:n_demos], task.examples[n_demos]
+
+    def text(flip: bool) -> str:
+        parts = []
+        for e in demos:
+            label = task.label_words[1 - e.label] if flip else e.output
+            parts.append(f"Review: {e.input}\nSentiment: {label}\n\n")
+        return "".join(parts) + f"Review: {query.input}\nSentiment:"
+
+    clean, corrupt = (model.tokenizer(text(f), add_special_tokens=False, return_tensors="pt")["input_ids"] for f in (False, True))
+    assert clean.shape == corrupt.shape
+    words = [model.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in task.label_words]
+    gold = words[query.label]
+    return clean, corrupt, gold, words[1 - query.label]
+
+
+def bench_patching(model, reference, repeats: int) -> list[dict]:
+    """Exact per-head patching (all positions; final position) and attribution patching against
+    TransformerLens's patching module on the same prompt, model and metric."""
+    from transformer_lens import patching as tl_patching
+    import pandas as pd
+
+    from interp.patching import logit_diff, patch_heads
+    from interp.patching.attribution import attribution_patch_heads
+    from interp.patching.runner import DecoderRunner
+
+    clean, corrupt, gold, other = icl_pair(model)
+    metric = logit_diff([gold], [other])
+    bridge = model.bridge
+    _, cache = bridge.run_with_cache(clean)
+    runner = DecoderRunner(model.hf_model)
+
+    def tl_metric(logits):
+        return metric(logits[:, -1])
+
+    rows = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        theirs = tl_patching.get_act_patch_attn_head_out_all_pos(bridge, corrupt, cache, tl_metric)
+    t_tl = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours = patch_heads(model, clean, corrupt, metric, runner=runner)
+    t_ours = time.perf_counter() - t0
+    ratio = t_tl / t_ours
+    rows.append(row("head_patching_all_pos_vs_transformer_lens", ratio, ">= 2 (speed-up)", ratio >= 2,
+                    tl_s=round(t_tl, 2), ours_s=round(t_ours, 2), max_abs_diff=float((ours.scores - theirs).abs().max()),
+                    n_tokens=int(clean.shape[1])))
+
+    final = clean.shape[1] - 1
+    index_df = pd.DataFrame([(l, final, h) for l in range(model.n_layers) for h in range(model.n_heads)], columns=["layer", "pos", "head"])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        theirs = tl_patching.generic_activation_patch(
+            bridge, corrupt, cache, tl_metric, tl_patching.layer_pos_head_vector_patch_setter, "z", index_df=index_df)
+    t_tl = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours = patch_heads(model, clean, corrupt, metric, positions="final", runner=runner)
+    t_ours = time.perf_counter() - t0
+    ratio = t_tl / t_ours
+    rows.append(row("head_patching_final_pos_vs_transformer_lens", ratio, ">= 20 (speed-up)", ratio >= 20,
+                    tl_s=round(t_tl, 2), ours_s=round(t_ours, 3),
+                    max_abs_diff=float((ours.scores.flatten() - theirs.flatten()).abs().max())))
+
+    def one_fwd_bwd():
+        logits = model.run(corrupt, grad=True, logits="final").logits
+        metric(logits).backward()
+
+    def attribution():
+        attribution_patch_heads(model, clean, corrupt, metric)
+
+    t_fb, t_attr = side_by_side(one_fwd_bwd, attribution, max(3, repeats // 2))
+    ratio = t_attr / t_fb
+    rows.append(row("attribution_patching_vs_forward_backward", ratio, "<= 3", ratio <= 3,
+                    forward_backward_s=round(t_fb, 3), attribution_s=round(t_attr, 3)))
+    return rows
+
+
+BENCHES = {"capture_overhead": bench_capture_overhead, "patching": bench_patching}
 
 
 def main(argv=None) -> int:
@@ -93,8 +176,10 @@ def main(argv=None) -> int:
     reference = plain_twin(model.hf_model)
     rows = []
     for name in args.only or BENCHES:
-        rows.append(BENCHES[name](model, reference, args.repeats))
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        out = BENCHES[name](model, reference, args.repeats)
+        for r in out if isinstance(out, list) else [out]:
+            rows.append(r)
+            print(json.dumps(r), file=sys.stderr)
     print(json.dumps({"model": model.name, "threads": args.threads, "rows": rows}, indent=2))
     return 0
 

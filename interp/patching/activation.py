@@ -181,7 +181,7 @@ def _run_head_variants(s: _Setup, layer: int, start: int, heads: Sequence[int], 
 
     logits = s.runner.run_from(
         layer, hidden, s.mask.repeat(v, 1), s.state.position_ids[:, start:].repeat(v, 1),
-        prefix=s.state.prefix(start) if start > 0 else None, edits=[(layer, "attn.hook_z", edit)],
+        prefix=s.state.prefix(start) if start > 0 else None, edits=[(layer, "attn.hook_z", edit)], last_only=True,
     )
     return s.metric_per_variant(logits, v)
 
@@ -202,7 +202,8 @@ def patch_residual(
         for p in positions:
             hidden = s.state.resid_pre[layer][:, p:].clone()
             hidden[:, 0] = clean_resid[f"blocks.{layer}.hook_resid_pre"][:, p]
-            logits = s.runner.run_from(layer, hidden, s.mask, s.state.position_ids[:, p:], prefix=s.state.prefix(p) if p else None)
+            logits = s.runner.run_from(layer, hidden, s.mask, s.state.position_ids[:, p:], prefix=s.state.prefix(p) if p else None,
+                                       last_only=True)
             scores[layer, p] = s.metric_per_variant(logits, 1)[0]
     return PatchingResult(scores, "resid_pre", "each", s.clean_metric, s.corrupted_metric, col_label="position")
 
@@ -228,7 +229,7 @@ def patch_layer_outputs(
             logits = s.runner.run_from(
                 layer, s.state.resid_pre[layer][:, start:], s.mask, s.state.position_ids[:, start:],
                 prefix=s.state.prefix(start) if start else None,
-                edits=[(layer, site, lambda t, value=value: torch.where(rows, value.to(t.dtype), t))],
+                edits=[(layer, site, lambda t, value=value: torch.where(rows, value.to(t.dtype), t))], last_only=True,
             )
             scores[layer, j] = s.metric_per_variant(logits, 1)[0]
     return PatchingResult(scores, "layer_outputs", positions if isinstance(positions, str) else "chosen", s.clean_metric,

@@ -99,6 +99,7 @@ class DecoderRunner:
         *,
         prefix: PrefixKV | None = None,
         edits: Sequence[tuple[int, str, EditFn]] = (),
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits of running ``hidden`` [batch, q, d_model] (the residual entering ``layer``)
         through layers ``layer``.. and the head.
@@ -106,6 +107,8 @@ class DecoderRunner:
         ``position_ids`` [batch, q] are the absolute positions of the q rows; ``attention_mask``
         [batch, P + q] covers the prefix and the rows; ``prefix`` holds the keys/values of the
         first P positions.  ``edits``: (layer, site, fn) with site in RUNNER_SITES.
+        ``last_only``: unembed only the last row (the vocabulary projection is the largest matmul
+        of a small model; metrics read the final position) and return [batch, 1, vocab].
         """
         batch, q_len, _ = hidden.shape
         p_len = prefix.length if prefix is not None else 0
@@ -119,6 +122,8 @@ class DecoderRunner:
                     hidden, attention_mask=mask4d, position_embeddings=position_embeddings, position_ids=position_ids,
                     past_key_values=prefix, use_cache=False,
                 )
+            if last_only:
+                hidden = hidden[:, -1:]
             return self.twin.lm_head(self.twin.model.norm(hidden))
 
     @contextmanager
