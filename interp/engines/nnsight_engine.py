@@ -47,9 +47,14 @@ class NNsightEngine(Engine):
 
     @classmethod
     def from_hf(cls, hf_model, tokenizer, *, remote: bool | str = False) -> "NNsightEngine":
+        import copy
+
         from nnsight.modeling.transformers import TransformersModel
 
-        return cls(TransformersModel(hf_model, tokenizer=tokenizer), remote=remote)
+        # nnsight sets the tokenizer's padding side: give it a copy, keep the caller's as it is
+        engine = cls(TransformersModel(hf_model, tokenizer=copy.deepcopy(tokenizer)), remote=remote)
+        engine.tokenizer = tokenizer
+        return engine
 
     @property
     def hf_model(self) -> torch.nn.Module:
