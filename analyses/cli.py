@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded model")
     _common(p)
-    p.add_argument("--n", type=int, default=60, help="queries per task")
+    p.add_argument("--n", type=int, default=40, help="queries per task")
     p.add_argument("--out", default="out/demo")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -17,7 +17,7 @@ DEMO_TASKS = ("present-past", "country-capital", "sentiment")
 DEMO_KS = (0, 1, 2, 4, 8)
 
 
-def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens", out: Path = Path("out/demo"), n: int = 60,
+def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens", out: Path = Path("out/demo"), n: int = 40,
              seed: int = 0, progress: bool = True) -> dict:
     start = time.time()
     model = load_model(model_name, engine=engine)
@@ -38,9 +38,9 @@ def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens",
 
 def format_table(results: dict) -> str:
     ks = next(iter(results.values())).ks
-    header = "task".ljust(18) + "".join(f"k={k}".rjust(16) for k in ks)
+    header = "task".ljust(18) + "".join(f"k={k}".rjust(20) for k in ks)
     lines = [f"ICL accuracy (95% Wilson CI), n={next(iter(results.values())).n} queries per task", header]
     for task, r in results.items():
-        cells = "".join(f"{r.accuracy[k]['accuracy']:.2f} [{r.accuracy[k]['ci_low']:.2f},{r.accuracy[k]['ci_high']:.2f}]".rjust(16) for k in ks)
+        cells = "".join(f"{r.accuracy[k]['accuracy']:.2f} [{r.accuracy[k]['ci_low']:.2f}, {r.accuracy[k]['ci_high']:.2f}]".rjust(20) for k in ks)
         lines.append(task.ljust(18) + cells)
     return "\n".join(lines)

@@ -96,8 +96,8 @@ class _Setup:
     """Shared preparation: clean/corrupted ids, the runner, the corrupted state, base metrics."""
 
     def __init__(self, model, clean, corrupted, metric, runner):
-        clean_ids, clean_mask = as_ids_mask(model, clean)
         ids, mask = as_ids_mask(model, corrupted)
+        clean_ids, clean_mask = as_ids_mask(model, clean) if clean is not None else (ids, mask)
         if clean_ids.shape != ids.shape:
             raise ValueError(
                 f"clean prompts {tuple(clean_ids.shape)} and corrupted prompts {tuple(ids.shape)} have different shapes: "
@@ -111,9 +111,11 @@ class _Setup:
             raise ValueError("clean and corrupted prompts differ in length row by row: patching needs token-aligned pairs")
         self.runner = runner or DecoderRunner(model.hf_model)
         self.state: CorruptedState = self.runner.corrupted_state(self.ids, self.mask)
-        with torch.no_grad():
-            clean_logits = model.run(self.clean_ids, attention_mask=self.clean_mask, logits="final").logits
-        self.clean_metric = float(metric(clean_logits))
+        self.clean_metric = float("nan")
+        if clean is not None:
+            with torch.no_grad():
+                clean_logits = model.run(self.clean_ids, attention_mask=self.clean_mask, logits="final").logits
+            self.clean_metric = float(metric(clean_logits))
         self.corrupted_metric = float(metric(self.state.logits[:, -1]))
         self.batch, self.seq_len = self.ids.shape
 
@@ -149,17 +151,26 @@ def patch_heads(
     heads_per_run: int | None = None,
     runner: DecoderRunner | None = None,
     progress: bool = False,
+    values: torch.Tensor | None = None,
 ) -> PatchingResult:
     """Patch each head's output z (clean → corrupted) at ``positions`` ("all", "final", ints or
-    per-row tensors, in left-padded coordinates) and record the metric: grid [layer, head]."""
+    per-row tensors, in left-padded coordinates) and record the metric: grid [layer, head].
+
+    ``values`` replaces the clean run: a stored z per layer, [layer, head, d_head] (e.g. the mean
+    head outputs of Todd et al. 2023), written at every patched position; ``clean`` may then be
+    None."""
     s = _Setup(model, clean, corrupted, metric, runner)
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     pmask = s.positions_mask(positions)
     start = int(pmask.any(0).nonzero().min())
-    clean_z = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.attn.hook_z" for l in layers]).acts
+    if values is None:
+        clean_z = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.attn.hook_z" for l in layers]).acts
     scores = torch.full((model.n_layers, model.n_heads), float("nan"))
     for layer in tqdm(layers, desc="patching heads", disable=not progress):
-        z_clean = clean_z[f"blocks.{layer}.attn.hook_z"][:, start:]
+        if values is None:
+            z_clean = clean_z[f"blocks.{layer}.attn.hook_z"][:, start:]
+        else:
+            z_clean = values[layer][None, None].expand(s.batch, s.seq_len - start, -1, -1)
         rows = pmask[:, start:]
         for chunk in _chunks(list(range(model.n_heads)), heads_per_run):
             scores[layer, chunk] = torch.tensor(_run_head_variants(s, layer, start, chunk, z_clean, rows))

@@ -54,6 +54,7 @@ class CorruptedState:
     [layer, batch, pos, d_model], every layer's keys/values, and the logits."""
 
     resid_pre: torch.Tensor
+    resid_final: torch.Tensor  # the residual leaving the last layer (before the final norm)
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     logits: torch.Tensor
@@ -82,13 +83,34 @@ class DecoderRunner:
     def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CorruptedState:
         """One full forward that records what patched runs start from."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=True, output_hidden_states=True)
+        seen = {}
+        handle = self.twin.model.norm.register_forward_pre_hook(lambda m, args: seen.setdefault("final", args[0]))
+        try:
+            out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=True, output_hidden_states=True)
+        finally:
+            handle.remove()
         cache = out.past_key_values
         keys = [cache.layers[i].keys for i in range(len(self.layers))]
         values = [cache.layers[i].values for i in range(len(self.layers))]
         resid_pre = torch.stack(out.hidden_states[: len(self.layers)])
-        return CorruptedState(resid_pre, keys, values, out.logits, attention_mask, position_ids)
+        return CorruptedState(resid_pre, seen["final"], keys, values, out.logits, attention_mask, position_ids)
+
+    def resid_post(self, state: CorruptedState, layer: int) -> torch.Tensor:
+        """The residual leaving ``layer`` in ``state``: [batch, pos, d_model]."""
+        return state.resid_pre[layer + 1] if layer + 1 < len(self.layers) else state.resid_final
+
+    @torch.no_grad()
+    def run_with_final_resid(self, state: CorruptedState, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """Final-position logits [batch, vocab] when the residual leaving ``layer`` at the last
+        position (left padding) is set to ``resid`` [batch, d_model]; only that position is
+        recomputed, through layers ``layer + 1``.. (task vectors, function vectors)."""
+        t = state.attention_mask.shape[1]
+        logits = self.run_from(
+            layer + 1, resid[:, None].to(state.resid_pre.dtype), state.attention_mask, state.position_ids[:, -1:],
+            prefix=state.prefix(t - 1), last_only=True,
+        )
+        return logits[:, -1]
 
     def run_from(
         self,
