@@ -29,12 +29,13 @@ def _setup(args) -> None:
 def cmd_verify(args) -> int:
     import torch
 
-    from interp.verify import verify
+    from interp.verify import VERIFY_TEXTS, verify
 
     _setup(args)
     engines = ("transformer-lens", "nnsight") if args.engines == "both" else (args.engines,)
     dtype = {"float32": None, "float64": torch.float64}[args.dtype]
-    result = verify(args.model, engines=engines, dtype=dtype)
+    texts = args.text or VERIFY_TEXTS
+    result = verify(args.model, engines=engines, dtype=dtype, texts=texts)
     print(json.dumps(result.to_dict(), indent=2))
     return 0 if result.passed else 1
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--engines", default="both", choices=["both", "transformer-lens", "nnsight"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--text", action="append", help="prompt(s) to verify on (repeatable; default: two built-in ICL prompts)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("accuracy", help="ICL accuracy against the number of demonstrations")
