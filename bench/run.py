@@ -160,7 +160,41 @@ def bench_patching(model, reference, repeats: int) -> list[dict]:
     return rows
 
 
-BENCHES = {"capture_overhead": bench_capture_overhead, "patching": bench_patching}
+def bench_prefix_cache(model, reference, repeats: int) -> dict:
+    """One fixed set of k=16 sentiment demos, 32 queries: final-position attention rows of every
+    head + logits by full forwards of each prompt vs reusing the demo prefix's key/value cache."""
+    from interp.prefix_cache import SharedPrefix
+    from interp.prompts import build_icl_batch
+    from interp.tasks import load_task
+
+    task = load_task("sentiment")
+    batch = build_icl_batch(model.tokenizer, task, k=16, n=32, seed=0, same_demos=True, padding_side="left")
+    first = batch.rows[0]
+    start = first.demo_blocks[0].start
+    end = first.query_block.start
+    ids0 = batch.input_ids[0]
+    prefix = ids0[start:end].tolist()
+    suffixes = [batch.input_ids[i][batch.rows[i].query_block.start:batch.rows[i].final + 1].tolist() for i in range(len(batch))]
+    for i in range(len(batch)):  # every row really is prefix + its own suffix
+        real = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
+        assert real == prefix + suffixes[i]
+    caps = [Capture("attn.hook_pattern", positions="final")]
+
+    def full():
+        for j in range(0, len(batch), 8):
+            with torch.no_grad():
+                model.run(batch.select(list(range(j, min(j + 8, len(batch))))), capture=caps, logits="final")
+
+    def cached():
+        SharedPrefix(model, prefix).run(suffixes, batch_size=8)
+
+    t_full, t_cached = side_by_side(full, cached, max(3, repeats // 2))
+    ratio = t_full / t_cached
+    return row("prefix_kv_reuse_k16_32_queries", ratio, ">= 5 (speed-up)", ratio >= 5, full_s=round(t_full, 3),
+               cached_s=round(t_cached, 3), prefix_tokens=len(prefix))
+
+
+BENCHES = {"capture_overhead": bench_capture_overhead, "patching": bench_patching, "prefix_cache": bench_prefix_cache}
 
 
 def main(argv=None) -> int:
