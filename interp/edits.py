@@ -9,6 +9,7 @@ edited value.
 - :class:`AttentionKnockout`: pre-softmax mask between two position sets (Wang et al. 2023's
   isolation): scores[q in from, k in to] = -inf before the softmax, so q gives k no attention and
   the rest of the row renormalises.
+- :class:`BlockAttentionPairs`: the same with an explicit [batch, q, k] mask of blocked pairs.
 - :class:`ScaleAttention`: multiply post-softmax attention edges by a factor, no renormalisation
   (Wang et al.'s anchor re-weighting A'(q, p) = exp(beta) * A(q, p)).
 - :class:`AddVector`: add a vector at a site and positions (function vectors, Todd et al. 2023).
@@ -193,6 +194,25 @@ def _knockout_fn(pair, heads):
         return torch.where(full, scores, blocked)
 
     return fn
+
+
+@dataclass
+class BlockAttentionPairs(Edit):
+    """Block attention on explicit (query, key) pairs: ``pairs`` bool [batch, q_pos, k_pos],
+    True = scores[q, k] set to -inf before the softmax.  Wang et al. 2023's isolation of label
+    words is pairs[b, p, :p] = True for every label position p (the label attends only to
+    itself).  Rows left with nothing to attend to keep their original scores."""
+
+    pairs: torch.Tensor
+    layers: int | Sequence[int] | None = None
+    heads: int | Sequence[int] | None = None
+
+    def hooks(self, ctx):
+        if self.pairs.shape != (ctx.batch, ctx.seq_len, ctx.seq_len):
+            raise ValueError(f"pairs must be [batch, pos, pos] = {(ctx.batch, ctx.seq_len, ctx.seq_len)}, got {tuple(self.pairs.shape)}")
+        pairs = self.pairs.bool()
+        return [(site, _knockout_fn(pairs, ctx.heads(site, self.heads)))
+                for site in expand_sites("attn.hook_attn_scores", self.layers, ctx.facts.n_layers)]
 
 
 @dataclass
