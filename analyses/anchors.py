@@ -104,8 +104,10 @@ class AnchorsResult:
             f"Label words as anchors on {self.task} ({self.model}, k={self.k}, n={self.n}, seed {self.seed})",
             f"  normalised flows, first third of layers: S_wp {mean(f['S_wp'][:third]):.2f}, S_pq {mean(f['S_pq'][:third]):.2f}, S_ww {mean(f['S_ww'][:third]):.2f}",
             f"  normalised flows, last third of layers:  S_wp {mean(f['S_wp'][-third:]):.2f}, S_pq {mean(f['S_pq'][-third:]):.2f}, S_ww {mean(f['S_ww'][-third:]):.2f}",
-            f"  AUCROC by layer: max {max(a for a in self.auroc if a == a):.3f} at layer {max(range(n), key=lambda i: self.auroc[i] if self.auroc[i] == self.auroc[i] else -1)}",
         ]
+        valid = [(a, i) for i, a in enumerate(self.auroc) if a == a]
+        lines.append(f"  AUCROC by layer: max {max(valid)[0]:.3f} at layer {max(valid)[1]}" if valid
+                     else "  AUCROC undefined: the model predicts a single class on these prompts")
         for where, d in self.isolation.items():
             lines.append(f"  isolation in the {where} layers: label words -> label loyalty {d['label']['label_loyalty']:.3f}, word loyalty "
                          f"{d['label']['word_loyalty']:.3f}; random non-label -> {d['random']['label_loyalty']:.3f}, {d['random']['word_loyalty']:.3f}")
@@ -140,6 +142,7 @@ def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: 
     batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx)
     ids = batch.label_words.first_token_ids
     L = model.n_layers
+    n_isolate = max(1, min(n_isolate, L // 2))  # first/last n layers must not overlap
     sums = torch.zeros(3, L)
     class_of = {w: i for i, w in enumerate(task.label_words)}
     attn_scores, preds = [], []

@@ -2,6 +2,7 @@
 
     icl-interp verify --model smollm2-135m          hook faithfulness checks, JSON, exit 1 on failure
     icl-interp accuracy --task present-past --k 0 1 2 4 8 --n 100
+    icl-interp kernel --task sentiment --k 4 --n 100 --seed 0 --out out/kernel
     icl-interp demo                                  the main job on the embedded model
 """
 from __future__ import annotations
@@ -55,6 +56,19 @@ def cmd_accuracy(args) -> int:
     return 0
 
 
+def cmd_kernel(args) -> int:
+    from analyses.kernel_report import run_kernel_analysis
+    from interp import load_model
+
+    _setup(args)
+    model = load_model(args.model, engine=args.engine)
+    results = run_kernel_analysis(model, args.task, k=args.k, n=args.n, seed=args.seed, out=args.out)
+    sel = results["reconstruction"]["heldout_selection"]
+    print(f"best held-out head L{sel['layer']}H{sel['head']}: agreement {sel['heldout_agreement']['accuracy']:.3f}; "
+          f"wrote {args.out}/results.json and {args.out}/report.html")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from analyses.demo import run_demo
 
@@ -82,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, nargs="+", default=[0])
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_accuracy)
+
+    p = sub.add_parser("kernel", help="does attention do kernel regression over the demonstrations? (Han et al.; Wang et al.)")
+    _common(p)
+    p.add_argument("--task", default="sentiment", help="bundled task name or a JSONL file")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/kernel")
+    p.set_defaults(func=cmd_kernel)
 
     p = sub.add_parser("demo", help="the main job on the embedded model")
     _common(p)

@@ -36,3 +36,31 @@ def test_verify_exit_code_is_1_when_a_check_fails(model_dir, capsys, monkeypatch
     assert code == 1 and out["passed"] is False
     failed = [c["name"] for c in out["checks"] if not c["passed"]]
     assert failed == ["hooked_vs_plain_logits"]
+
+
+def test_kernel_analysis_writes_identical_results_for_the_same_seed(model_dir, tmp_path):
+    import torch
+
+    from analyses.kernel_report import run_kernel_analysis
+    from interp import load_model
+    from interp.prompts import Template
+    from interp.tasks import Example, Task
+
+    task = Task("toy", [Example(f"ab{c}{d}", ["x", "y"][i % 2], i % 2) for i, (c, d) in enumerate(zip("cdefghijklmnop", "ponmlkjihgfedc"))],
+                kind="classification", label_words=["x", "y"], template=Template(space_before_text=False))
+    torch.set_num_threads(1)
+    texts = []
+    for run in ("a", "b"):
+        model = load_model(model_dir)
+        run_kernel_analysis(model, task, k=2, n=6, seed=1, out=tmp_path / run)
+        texts.append((tmp_path / run / "results.json").read_text())
+    assert texts[0] == texts[1]
+    res = json.loads(texts[0])
+    assert res["seed"] == 1 and len(res["prompts"]["input_ids"]) == 6
+    assert len(res["reconstruction"]["agreement"]) == 2 and len(res["reconstruction"]["agreement"][0]) == 4
+    other = run_kernel_analysis(load_model(model_dir), task, k=2, n=6, seed=2)
+    assert other["prompts"]["input_ids"] != res["prompts"]["input_ids"]
+    html = (tmp_path / "a" / "report.html").read_text()
+    import re
+
+    assert "Plotly.newPlot" in html and not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js inline, nothing fetched
