@@ -44,7 +44,7 @@ def side_by_side(a: Callable, b: Callable, repeats: int, warmup: int = 1) -> tup
 
 
 def row(name: str, ratio: float, target: str, ok: bool, **detail) -> dict:
-    return {"row": name, "ratio": round(ratio, 3), "target": target, "meets_target": ok, **detail}
+    return {"row": name, "ratio": round(ratio, 3) if ratio >= 0.01 else float(f"{ratio:.2g}"), "target": target, "meets_target": ok, **detail}
 
 
 def prompt_ids(model, n_tokens: int, seed: int = 0) -> torch.Tensor:
@@ -194,7 +194,55 @@ def bench_prefix_cache(model, reference, repeats: int) -> dict:
                cached_s=round(t_cached, 3), prefix_tokens=len(prefix))
 
 
-BENCHES = {"capture_overhead": bench_capture_overhead, "patching": bench_patching, "prefix_cache": bench_prefix_cache}
+def _peak_rss_child(kind: str, model_name: str, threads: int, queue) -> None:
+    """In a fresh process: load, warm up with a plain forward, then run ``kind`` and report the
+    peak resident memory above the warmed-up peak (ru_maxrss never decreases)."""
+    import resource
+
+    from interp.prompts import build_icl_batch
+    from interp.tasks import load_task
+
+    torch.set_num_threads(threads)
+    model = load_model(model_name)
+    batch = build_icl_batch(model.tokenizer, load_task("sentiment"), k=16, n=8, seed=0, padding_side="left")
+    with torch.no_grad():
+        model.run(batch, logits="final")
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        if kind == "kernel_capture":
+            out = model.run(batch, capture=[Capture("attn.hook_pattern", positions="final")], logits="final")
+            kept = out.acts.nbytes()
+        else:  # a full TransformerLens cache of the same prompts
+            _, cache = model.bridge.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.values()}
+            kept = sum(storages.values())  # aliased hook names share storage: count each once
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put({"extra_peak_kib": peak - base, "kept_bytes": kept, "tokens": int(batch.attention_mask.sum())})
+
+
+def bench_kernel_memory(model, reference, repeats: int) -> dict:
+    """Peak memory of the kernel analysis's capture (final-position attention rows of all heads)
+    vs a full TransformerLens cache, k=16 sentiment prompts x 8, each in its own process."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    res = {}
+    for kind in ("kernel_capture", "full_cache"):
+        q = ctx.Queue()
+        proc = ctx.Process(target=_peak_rss_child, args=(kind, model.name, torch.get_num_threads(), q))
+        proc.start()
+        res[kind] = q.get()
+        proc.join()
+    ratio = max(res["kernel_capture"]["extra_peak_kib"], 1) / max(res["full_cache"]["extra_peak_kib"], 1)
+    return row("kernel_capture_peak_memory_vs_full_cache_k16", ratio, "< 0.25", ratio < 0.25,
+               capture_extra_peak_mib=round(res["kernel_capture"]["extra_peak_kib"] / 1024, 1),
+               full_cache_extra_peak_mib=round(res["full_cache"]["extra_peak_kib"] / 1024, 1),
+               capture_kept_mib=round(res["kernel_capture"]["kept_bytes"] / 2**20, 2),
+               full_cache_kept_mib=round(res["full_cache"]["kept_bytes"] / 2**20, 1), tokens=res["full_cache"]["tokens"])
+
+
+BENCHES = {"capture_overhead": bench_capture_overhead, "patching": bench_patching, "prefix_cache": bench_prefix_cache,
+           "kernel_memory": bench_kernel_memory}
 
 
 def main(argv=None) -> int:
