@@ -146,8 +146,10 @@ class KernelReconstructionResult:
 
 
 def kernel_reconstruction(model, task="sentiment", *, k: int = 4, n: int = 100, seed: int = 0, weight: Weighting = "max",
-                          selection_fraction: float = 0.7, batch_size: int = 8, progress: bool = False) -> KernelReconstructionResult:
-    """Per-head reconstruction of the model's ICL prediction from final-position attention."""
+                          selection_fraction: float = 0.7, batch_size: int = 8, progress: bool = False,
+                          select=None) -> KernelReconstructionResult:
+    """Per-head reconstruction of the model's ICL prediction from final-position attention.
+    ``select``: a demo selector for the prompt builder (e.g. ``most_similar_first()``)."""
     from tqdm.auto import tqdm
 
     from interp.capture import Capture
@@ -158,7 +160,7 @@ def kernel_reconstruction(model, task="sentiment", *, k: int = 4, n: int = 100, 
     task = load_task(task) if isinstance(task, str) else task
     if task.kind != "classification":
         raise ValueError("kernel reconstruction votes over demo labels: it needs a classification task (label words)")
-    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx)
+    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx, select=select)
     n_classes = len(batch.label_words)
     class_of = {w: i for i, w in enumerate(task.label_words)}
     demo_classes = torch.tensor([[class_of[d.output] for d in row] for row in batch.demos])
@@ -191,3 +193,52 @@ def kernel_reconstruction(model, task="sentiment", *, k: int = 4, n: int = 100, 
         model_accuracy=accuracy(model_pred == gold).to_dict(), baselines=baselines,
         selection=select_head_heldout(agree, gold_ok, selection),
     )
+
+
+@dataclass
+class DemoSelectionResult:
+    """Random demos vs the most similar demos (placed closest to the query), same queries."""
+
+    model: str
+    task: str
+    k: int
+    n: int
+    seed: int
+    random: dict
+    similar: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        def line(name, d):
+            return (f"  {name}: ICL accuracy {d['icl_accuracy']['accuracy']:.3f} [{d['icl_accuracy']['ci_low']:.3f}, {d['icl_accuracy']['ci_high']:.3f}]; "
+                    f"best held-out head agreement {d['heldout_agreement']['accuracy']:.3f}; mean head agreement {d['mean_head_agreement']:.3f}")
+        return "\n".join([f"Demo selection on {self.task} ({self.model}, k={self.k}, n={self.n}, seed {self.seed})",
+                          line("random demos", self.random), line("most similar demos (word overlap), closest last", self.similar)])
+
+    def figures(self) -> list:
+        import plotly.graph_objects as go
+
+        names = ["random demos", "most similar demos"]
+        fig = go.Figure([
+            go.Bar(name="ICL accuracy", x=names, y=[d["icl_accuracy"]["accuracy"] for d in (self.random, self.similar)]),
+            go.Bar(name="best held-out head agreement", x=names, y=[d["heldout_agreement"]["accuracy"] for d in (self.random, self.similar)]),
+        ])
+        fig.update_layout(title=f"Does retrieving similar demonstrations help? — {self.task}, {self.model}, k={self.k}, n={self.n}",
+                          xaxis_title="demonstration choice", yaxis_title="fraction", yaxis_range=[0, 1], barmode="group")
+        return [fig]
+
+
+def demo_selection(model, task="sentiment", *, k: int = 4, n: int = 100, seed: int = 0, similarity=None) -> DemoSelectionResult:
+    """Han et al.'s claim that similar demonstrations help: ICL accuracy and reconstruction with
+    random demos vs the k most similar ones (``similarity(a, b)`` on input texts; default word
+    overlap), on the same queries."""
+    from interp.prompts import most_similar_first
+
+    out = {}
+    for name, select in (("random", None), ("similar", most_similar_first(similarity))):
+        r = kernel_reconstruction(model, task, k=k, n=n, seed=seed, select=select)
+        out[name] = {"icl_accuracy": r.model_accuracy, "heldout_agreement": r.selection.heldout_agreement,
+                     "best_head": [r.selection.layer, r.selection.head], "mean_head_agreement": float(r.agreement.mean())}
+    return DemoSelectionResult(model.name, r.task, k, r.n, seed, out["random"], out["similar"])

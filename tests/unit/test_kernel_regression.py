@@ -54,3 +54,26 @@ def test_heldout_selection_scores_the_selected_head_on_other_rows():
     assert result.heldout_agreement["accuracy"] == 0.0      # the selection artefact is exposed
     assert result.heldout_gold_accuracy["accuracy"] == pytest.approx(0.25)
     assert (result.n_selection, result.n_heldout) == (6, 4)
+
+
+def test_demo_selection_uses_the_similar_demos_and_scores_them(char_tokenizer):
+    import copy
+
+    from analyses.kernel_regression import demo_selection
+    from interp import load_model
+    from interp.prompts import Template, build_icl_batch, most_similar_first
+    from interp.scoring import score_batch
+    from interp.tasks import Example, Task
+    from tests.conftest import make_tiny_llama
+
+    fm = load_model(make_tiny_llama(n_layers=2), tokenizer=copy.deepcopy(char_tokenizer))
+    words = ["x", "y"]
+    inputs = ["ab cd", "ab ce", "ef gh", "ij kl", "ab cf", "mn op", "qr st", "uv wx", "ab cg", "yz ab", "ef gi", "ij km"]
+    task = Task("toy", [Example(t, words[i % 2], i % 2) for i, t in enumerate(inputs)], kind="classification", label_words=words,
+                template=Template(space_before_text=False))
+    result = demo_selection(fm, task, k=2, n=4, seed=0)
+    similar = build_icl_batch(fm.tokenizer, task, k=2, n=4, seed=0, padding_side="left", select=most_similar_first())
+    expected = score_batch(fm, similar)["correct"].float().mean()
+    assert result.similar["icl_accuracy"]["accuracy"] == pytest.approx(float(expected))
+    rnd = build_icl_batch(fm.tokenizer, task, k=2, n=4, seed=0, padding_side="left")
+    assert result.random["icl_accuracy"]["accuracy"] == pytest.approx(float(score_batch(fm, rnd)["correct"].float().mean()))
