@@ -58,6 +58,7 @@ def test_kernel_analysis_writes_identical_results_for_the_same_seed(model_dir, t
     res = json.loads(texts[0])
     assert res["seed"] == 1 and len(res["prompts"]["input_ids"]) == 6
     assert len(res["reconstruction"]["agreement"]) == 2 and len(res["reconstruction"]["agreement"][0]) == 4
+    assert res["demo_selection"]["random"]["icl_accuracy"] == res["reconstruction"]["model_accuracy"]
     other = run_kernel_analysis(load_model(model_dir), task, k=2, n=6, seed=2)
     assert other["prompts"]["input_ids"] != res["prompts"]["input_ids"]
     html = (tmp_path / "a" / "report.html").read_text()
