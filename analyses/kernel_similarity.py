@@ -17,6 +17,8 @@ the attention kernel has to beat.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 
@@ -47,9 +49,6 @@ def nadaraya_watson(h_query: torch.Tensor, h_demos: torch.Tensor, demo_classes: 
     w = torch.softmax(cosine_similarity(h_query, h_demos).double() / bandwidth, dim=-1)
     votes = torch.einsum("rk,rkc->rc", w, torch.nn.functional.one_hot(demo_classes.long(), n_classes).double())
     return votes.argmax(-1)
-
-
-from dataclasses import dataclass, field  # noqa: E402
 
 
 @dataclass
