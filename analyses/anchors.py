@@ -136,6 +136,7 @@ def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: 
     from interp.capture import Capture
     from interp.edits import BlockAttentionPairs
     from interp.prompts import build_icl_batch
+    from interp.scoring import minibatches
     from interp.tasks import load_task
 
     task = load_task(task) if isinstance(task, str) else task
@@ -149,8 +150,7 @@ def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: 
     iso_rows = {(w, kind): [] for w in ("first", "last") for kind in ("label", "random")}
     rng = random.Random(f"anchors:{seed}")
     sites = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
-    for start in range(0, len(batch), batch_size):
-        sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
+    for sub in minibatches(batch, batch_size):
         gold = sub.gold
 
         def loss(logits, gold=gold):

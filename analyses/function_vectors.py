@@ -25,7 +25,7 @@ from interp.patching.activation import patch_heads, to_left_padding
 from interp.patching.metrics import target_prob
 from interp.patching.runner import DecoderRunner
 from interp.prompts import build_icl_batch
-from interp.scoring import accuracy
+from interp.scoring import accuracy, minibatches
 from interp.tasks import Task, load_task, split_examples
 
 
@@ -89,8 +89,7 @@ def _fmt(a: dict) -> str:
 def mean_head_outputs(model, batch, *, batch_size: int = 16) -> torch.Tensor:
     """ā: mean over rows of each head's z at the final position, [layer, head, d_head]."""
     total = torch.zeros(model.n_layers, model.n_heads, model.d_head)
-    for start in range(0, len(batch), batch_size):
-        sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
+    for sub in minibatches(batch, batch_size):
         with torch.no_grad():
             acts = model.run(sub, capture=[Capture("attn.hook_z", positions="final")]).acts
         total += acts.stack("attn.hook_z")[:, :, 0].sum(1).float().cpu()

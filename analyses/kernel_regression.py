@@ -154,7 +154,7 @@ def kernel_reconstruction(model, task="sentiment", *, k: int = 4, n: int = 100, 
 
     from interp.capture import Capture
     from interp.prompts import build_icl_batch
-    from interp.scoring import label_logprobs
+    from interp.scoring import label_logprobs, minibatches
     from interp.tasks import load_task
 
     task = load_task(task) if isinstance(task, str) else task
@@ -165,8 +165,8 @@ def kernel_reconstruction(model, task="sentiment", *, k: int = 4, n: int = 100, 
     class_of = {w: i for i, w in enumerate(task.label_words)}
     demo_classes = torch.tensor([[class_of[d.output] for d in row] for row in batch.demos])
     weights, preds = [], []
-    for start in tqdm(range(0, len(batch), batch_size), desc="attention rows", disable=not progress):
-        sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
+    for sub in tqdm(minibatches(batch, batch_size), desc="attention rows", disable=not progress,
+                    total=-(-len(batch) // batch_size)):
         with torch.no_grad():
             out = model.run(sub, capture=[Capture("attn.hook_pattern", positions="final")], logits="final")
         rows = out.acts.stack("attn.hook_pattern")[:, :, :, 0].permute(0, 2, 1, 3).float()  # [layer, head, row, pos]

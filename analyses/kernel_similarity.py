@@ -106,7 +106,7 @@ def attention_similarity(model, task="sentiment", *, k: int = 4, n: int = 100, s
     from analyses.kernel_regression import kernel_weights
     from interp.capture import Capture
     from interp.prompts import build_icl_batch
-    from interp.scoring import accuracy
+    from interp.scoring import accuracy, minibatches
     from interp.tasks import Example, load_task
 
     task = load_task(task) if isinstance(task, str) else task
@@ -116,9 +116,7 @@ def attention_similarity(model, task="sentiment", *, k: int = 4, n: int = 100, s
     class_of = {w: i for i, w in enumerate(task.label_words)}
     demo_classes = torch.tensor([[class_of[d.output] for d in row] for row in batch.demos])
     a, qk, preds = [], [], []
-    for start in range(0, len(batch), batch_size):
-        idx = list(range(start, min(start + batch_size, len(batch))))
-        sub = batch.select(idx)
+    for sub in minibatches(batch, batch_size):
         with torch.no_grad():
             out = model.run(sub, capture=[Capture("attn.hook_pattern", positions="final"), Capture("attn.hook_attn_scores", positions="final")],
                             logits="final")
@@ -136,8 +134,7 @@ def attention_similarity(model, task="sentiment", *, k: int = 4, n: int = 100, s
     texts = [q.input for q in batch.queries] + [d.input for row in batch.demos for d in row]
     iso = build_icl_batch(tok, task, k=0, queries=[Example(t, task.label_words[0], 0) for t in texts], pool=[], seed=seed, padding_side="left")
     probs, hidden = [], []
-    for start in range(0, len(iso), 32):
-        sub = iso.select(list(range(start, min(start + 32, len(iso)))))
+    for sub in minibatches(iso, 32):
         with torch.no_grad():
             out = model.run(sub, capture=[Capture(f"blocks.{layer}.hook_resid_post", positions="final")], logits="final")
         probs.append(torch.softmax(out.logits.float(), -1).cpu())

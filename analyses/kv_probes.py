@@ -20,6 +20,7 @@ import torch
 
 from interp.capture import Capture
 from interp.prompts import build_icl_batch
+from interp.scoring import minibatches
 from interp.tasks import Example, Task, load_task
 from probes import RidgeClassifierProbe, probe_sweep
 
@@ -71,8 +72,7 @@ def kv_probes(model, task: Task | str = "sentiment", *, k: int = 4, n: int = 100
     class_of = {w: i for i, w in enumerate(task.label_words)}
     ids = batch.label_words.first_token_ids
     feats = {("k", o): [] for o in offsets} | {("v", o): [] for o in offsets}
-    for start in range(0, len(batch), batch_size):
-        sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
+    for sub in minibatches(batch, batch_size):
         with torch.no_grad():
             acts = model.run(sub, capture=[Capture("attn.hook_k", layers=layers), Capture("attn.hook_v", layers=layers)]).acts
         K, V = acts.stack("attn.hook_k"), acts.stack("attn.hook_v")  # [L, b, pos, kv, d]
@@ -87,9 +87,9 @@ def kv_probes(model, task: Task | str = "sentiment", *, k: int = 4, n: int = 100
     iso = build_icl_batch(model.tokenizer, task, k=0, queries=[Example(t, task.label_words[0], 0) for t in demo_inputs], pool=[],
                           seed=seed, padding_side="left")
     preds = []
-    for start in range(0, len(iso), 32):
+    for sub in minibatches(iso, 32):
         with torch.no_grad():
-            logits = model.run(iso.select(list(range(start, min(start + 32, len(iso))))), logits="final").logits
+            logits = model.run(sub, logits="final").logits
         preds.append(logits[:, ids].argmax(-1).cpu())
     y_keys = torch.cat(preds)
     groups = torch.arange(len(batch)).repeat_interleave(k)
