@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from interp.capture import Capture
+from interp.grids import top_cells
 from interp.patching.activation import patch_heads, to_left_padding
 from interp.patching.metrics import target_prob
 from interp.patching.runner import DecoderRunner
@@ -146,8 +147,7 @@ def function_vector_analysis(
     corrupted = build_icl_batch(tok, task, k=k, queries=queries, pool=pool, seed=seed + 1, labels="shuffled", padding_side="left")
     result = patch_heads(model, None, corrupted, target_prob(corrupted.target_ids), positions="final", values=mean_z, runner=runner)
     aie = result.scores - result.corrupted_metric
-    order = aie.flatten().argsort(descending=True)[:n_top_heads]
-    top = [(int(i) // model.n_heads, int(i) % model.n_heads, float(aie.flatten()[i])) for i in order]
+    top = top_cells(aie, n_top_heads)
     fv = function_vector(model, mean_z, [(l, h) for l, h, _ in top])
 
     zero_shot_batch = build_icl_batch(tok, task, k=0, queries=held_out, pool=pool, seed=seed, padding_side="left")

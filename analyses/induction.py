@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from interp.capture import Capture
+from interp.grids import top_cells
 
 
 @dataclass
@@ -29,9 +30,7 @@ class InductionResult:
     setting: dict = field(default_factory=dict)
 
     def top(self, k: int = 5, score: Literal["induction", "previous_token"] = "induction") -> list[tuple[int, int, float]]:
-        grid = getattr(self, score)
-        idx = grid.flatten().argsort(descending=True)[:k]
-        return [(int(i) // grid.shape[1], int(i) % grid.shape[1], float(grid.flatten()[i])) for i in idx]
+        return top_cells(getattr(self, score), k)
 
     def to_dict(self) -> dict:
         return {

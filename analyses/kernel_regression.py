@@ -21,6 +21,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from interp.grids import top_cells
 from interp.scoring import accuracy
 
 Weighting = Literal["max", "label", "sum"]
@@ -110,8 +111,7 @@ class KernelReconstructionResult:
     setting: dict = field(default_factory=dict)
 
     def top(self, n: int = 5) -> list[tuple[int, int, float]]:
-        idx = self.agreement.flatten().argsort(descending=True)[:n]
-        return [(int(i) // self.agreement.shape[1], int(i) % self.agreement.shape[1], float(self.agreement.flatten()[i])) for i in idx]
+        return top_cells(self.agreement, n)
 
     def to_dict(self) -> dict:
         return {

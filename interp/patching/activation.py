@@ -19,6 +19,7 @@ from typing import Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from interp.grids import top_cells
 from interp.model import final_positions
 from interp.patching.metrics import Metric, normalised_recovery
 from interp.patching.runner import CorruptedState, DecoderRunner
@@ -46,10 +47,7 @@ class PatchingResult:
     def top(self, k: int = 5, by: Literal["effect", "abs"] = "effect") -> list[tuple[int, int, float]]:
         """The k components with the largest effect (score − corrupted), as (row, col, score)."""
         effect = self.scores - self.corrupted_metric
-        key = effect.abs() if by == "abs" else effect
-        idx = key.flatten().argsort(descending=True)[:k]
-        n_cols = self.scores.shape[1]
-        return [(int(i) // n_cols, int(i) % n_cols, float(self.scores.flatten()[i])) for i in idx]
+        return top_cells(self.scores, k, key=effect.abs() if by == "abs" else effect)
 
     def to_dict(self) -> dict:
         return {

@@ -77,3 +77,11 @@ def test_demo_selection_uses_the_similar_demos_and_scores_them(char_tokenizer):
     assert result.similar["icl_accuracy"]["accuracy"] == pytest.approx(float(expected))
     rnd = build_icl_batch(fm.tokenizer, task, k=2, n=4, seed=0, padding_side="left")
     assert result.random["icl_accuracy"]["accuracy"] == pytest.approx(float(score_batch(fm, rnd)["correct"].float().mean()))
+
+
+def test_top_cells():
+    from interp.grids import top_cells
+
+    grid = torch.tensor([[0.1, 0.9], [0.5, 0.9]])
+    assert top_cells(grid, 3) == [(0, 1, pytest.approx(0.9)), (1, 1, pytest.approx(0.9)), (1, 0, pytest.approx(0.5))]
+    assert top_cells(grid, 1, key=-grid) == [(0, 0, pytest.approx(0.1))]
