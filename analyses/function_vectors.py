@@ -105,16 +105,20 @@ def function_vector(model, mean_z: torch.Tensor, heads: Sequence[tuple[int, int]
     return v
 
 
-def _final_accuracy(runner, model, batch, layer: int | None, vector: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-    ids, mask = to_left_padding(batch.input_ids, batch.attention_mask, model.pad_token_id)
-    state = runner.corrupted_state(ids, mask)
+def _final_state(runner, model, batch):
+    """One unedited run of ``batch`` (left-padded), reused by every accuracy below."""
+    return runner.corrupted_state(*to_left_padding(batch.input_ids, batch.attention_mask, model.pad_token_id))
+
+
+def _final_accuracy(runner, state, target_ids, layer: int | None, vector: torch.Tensor | None) -> dict:
+    """Top-1 accuracy at the final position, optionally with ``vector`` added to the residual
+    leaving ``layer`` (only the final position is recomputed)."""
     if vector is None:
         logits = state.logits[:, -1]
     else:
         resid = runner.resid_post(state, layer)[:, -1] + vector.to(state.resid_pre.dtype)
         logits = runner.run_with_final_resid(state, layer, resid)
-    correct = logits.argmax(-1).cpu() == batch.target_ids.cpu()
-    return accuracy(correct).to_dict(), correct
+    return accuracy(logits.argmax(-1).cpu() == target_ids.cpu()).to_dict()
 
 
 def function_vector_analysis(
@@ -152,14 +156,15 @@ def function_vector_analysis(
 
     zero_shot_batch = build_icl_batch(tok, task, k=0, queries=held_out, pool=pool, seed=seed, padding_side="left")
     shuffled_batch = build_icl_batch(tok, task, k=k, queries=held_out, pool=pool, seed=seed + 2, labels="shuffled", padding_side="left")
-    zs, _ = _final_accuracy(runner, model, zero_shot_batch, None, None)
-    zs_fv, _ = _final_accuracy(runner, model, zero_shot_batch, edit_layer, fv)
-    sh, _ = _final_accuracy(runner, model, shuffled_batch, None, None)
-    sh_fv, _ = _final_accuracy(runner, model, shuffled_batch, edit_layer, fv)
+    zs_state, sh_state = _final_state(runner, model, zero_shot_batch), _final_state(runner, model, shuffled_batch)
+    zs = _final_accuracy(runner, zs_state, zero_shot_batch.target_ids, None, None)
+    zs_fv = _final_accuracy(runner, zs_state, zero_shot_batch.target_ids, edit_layer, fv)
+    sh = _final_accuracy(runner, sh_state, shuffled_batch.target_ids, None, None)
+    sh_fv = _final_accuracy(runner, sh_state, shuffled_batch.target_ids, edit_layer, fv)
     sweep = {}
     if sweep_layers:
         for layer in range(model.n_layers):
-            sweep[layer], _ = _final_accuracy(runner, model, zero_shot_batch, layer, fv)
+            sweep[layer] = _final_accuracy(runner, zs_state, zero_shot_batch.target_ids, layer, fv)
     return FunctionVectorResult(
         model=model.name, task=task.name, k=k, seed=seed, n_clean=n_clean, n_corrupted=n_corrupted, n_eval=len(held_out),
         edit_layer=edit_layer, aie=aie, top_heads=top, fv_norm=float(fv.norm()), zero_shot=zs, zero_shot_with_fv=zs_fv,
