@@ -125,7 +125,7 @@ class Model:
             )
         device = self.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        position_ids = position_ids_from_mask(attention_mask)
         store = Activations()
         ctx = EditContext(self.engine.facts, batch, seq_len, final)
         hooks = []
@@ -215,6 +215,12 @@ class _GradTap(Edit):
             return t + self.delta
 
         return [(target, fn)]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of every token counted over real tokens only (cumsum(mask) − 1, pads at 0), so a
+    left-padded row gets the same positions as the row alone."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def final_positions(attention_mask: torch.Tensor) -> torch.Tensor:

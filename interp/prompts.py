@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 from jaxtyping import Int
+from interp.model import position_ids_from_mask
 
 if TYPE_CHECKING:  # interp.tasks imports Template from this module
     from interp.tasks import Example, Task
@@ -481,7 +482,7 @@ class IclBatch:
 
     def position_ids(self) -> Int[torch.Tensor, "batch pos"]:
         """Position ids that ignore left padding: ``cumsum(mask) - 1`` clamped at 0."""
-        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return position_ids_from_mask(self.attention_mask)
 
     def select(self, indices: Sequence[int] | torch.Tensor) -> "IclBatch":
         """The rows ``indices`` (in that order), re-padded to their minimal common length."""

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from interp.model import position_ids_from_mask
 from interp.plain import plain_twin
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
@@ -82,7 +83,7 @@ class DecoderRunner:
     @torch.no_grad()
     def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CorruptedState:
         """One full forward that records what patched runs start from."""
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        position_ids = position_ids_from_mask(attention_mask)
         seen = {}
         handle = self.twin.model.norm.register_forward_pre_hook(lambda m, args: seen.setdefault("final", args[0]))
         try:
