@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 from jaxtyping import Int
+
 from interp.model import position_ids_from_mask
 
 if TYPE_CHECKING:  # interp.tasks imports Template from this module
