@@ -140,7 +140,7 @@ def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: 
     from interp.tasks import load_task
 
     task = load_task(task) if isinstance(task, str) else task
-    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx)
+    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx).sorted_by_length()
     ids = batch.label_words.first_token_ids
     L = model.n_layers
     n_isolate = max(1, min(n_isolate, L // 2))  # first/last n layers must not overlap

@@ -62,10 +62,13 @@ def cmd_kernel(args) -> int:
 
     _setup(args)
     model = load_model(args.model, engine=args.engine)
-    results = run_kernel_analysis(model, args.task, k=args.k, n=args.n, seed=args.seed, out=args.out)
-    sel = results["reconstruction"]["heldout_selection"]
-    print(f"best held-out head L{sel['layer']}H{sel['head']}: agreement {sel['heldout_agreement']['accuracy']:.3f}; "
-          f"wrote {args.out}/results.json and {args.out}/report.html")
+    results = run_kernel_analysis(model, args.task, k=args.k, n=args.n, seed=args.seed, out=args.out,
+                                  parts=args.parts.split(","), similarity_n=args.similarity_n, probes_n=args.probes_n,
+                                  anchors_n=args.anchors_n)
+    if "reconstruction" in results:
+        sel = results["reconstruction"]["heldout_selection"]
+        print(f"best held-out head L{sel['layer']}H{sel['head']}: agreement {sel['heldout_agreement']['accuracy']:.3f}")
+    print(f"wrote {args.out}/results.json and {args.out}/report.html")
     return 0
 
 
@@ -99,11 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kernel", help="does attention do kernel regression over the demonstrations? (Han et al.; Wang et al.)")
     _common(p)
-    p.add_argument("--task", default="sentiment", help="bundled task name or a JSONL file")
+    p.add_argument("--task", default="sentiment",
+                   help="bundled task name, a dataset folder (train.jsonl + test.jsonl), a JSONL file, or a name under $ICL_INTERP_DATA")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/kernel")
+    p.add_argument("--parts", default="reconstruction,similarity,probes,anchors,selection",
+                   help="comma-separated subset of reconstruction,similarity,probes,anchors,selection")
+    p.add_argument("--similarity-n", type=int, default=None, help="queries for attention vs similarity (default min(n, 100))")
+    p.add_argument("--probes-n", type=int, default=None, help="prompts for the key/value probes (default min(n, 100))")
+    p.add_argument("--anchors-n", type=int, default=None, help="queries for the anchors analysis (default min(n, 40))")
     p.set_defaults(func=cmd_kernel)
 
     p = sub.add_parser("demo", help="the main job on the embedded model")

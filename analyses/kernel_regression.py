@@ -160,7 +160,7 @@ def kernel_reconstruction(model, task="sentiment", *, k: int = 4, n: int = 100, 
     task = load_task(task) if isinstance(task, str) else task
     if task.kind != "classification":
         raise ValueError("kernel reconstruction votes over demo labels: it needs a classification task (label words)")
-    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx, select=select)
+    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx, select=select).sorted_by_length()
     n_classes = len(batch.label_words)
     class_of = {w: i for i, w in enumerate(task.label_words)}
     demo_classes = torch.tensor([[class_of[d.output] for d in row] for row in batch.demos])
@@ -230,15 +230,20 @@ class DemoSelectionResult:
         return [fig]
 
 
-def demo_selection(model, task="sentiment", *, k: int = 4, n: int = 100, seed: int = 0, similarity=None) -> DemoSelectionResult:
+def demo_selection(model, task="sentiment", *, k: int = 4, n: int = 100, seed: int = 0, similarity=None,
+                   random_result: KernelReconstructionResult | None = None) -> DemoSelectionResult:
     """Han et al.'s claim that similar demonstrations help: ICL accuracy and reconstruction with
     random demos vs the k most similar ones (``similarity(a, b)`` on input texts; default word
-    overlap), on the same queries."""
+    overlap), on the same queries.  ``random_result``: the reconstruction already run with random
+    demos and the same (task, k, n, seed), reused instead of recomputed."""
     from interp.prompts import most_similar_first
 
+    if random_result is not None and (random_result.k, random_result.n, random_result.seed) != (k, n, seed):
+        raise ValueError("random_result was run with another k, n or seed; pass the matching reconstruction or None")
     out = {}
     for name, select in (("random", None), ("similar", most_similar_first(similarity))):
-        r = kernel_reconstruction(model, task, k=k, n=n, seed=seed, select=select)
+        r = random_result if (name == "random" and random_result is not None) else \
+            kernel_reconstruction(model, task, k=k, n=n, seed=seed, select=select)
         out[name] = {"icl_accuracy": r.model_accuracy, "heldout_agreement": r.selection.heldout_agreement,
                      "best_head": [r.selection.layer, r.selection.head], "mean_head_agreement": float(r.agreement.mean())}
     return DemoSelectionResult(model.name, r.task, k, r.n, seed, out["random"], out["similar"])

@@ -1,53 +1,80 @@
 """``icl-interp kernel``: the kernel-regression test of one model on one task, as files.
 
-Runs the per-head reconstruction with held-out head selection, attention vs similarity with the
-Nadaraya–Watson baseline, the label-words-as-anchors analysis and random vs most-similar demos on
-the same seeded queries, and
-writes ``results.json`` (model, task, seed, the exact prompts' token ids, every per-head grid)
-and a self-contained ``report.html``.  Same arguments and thread count → identical results.json.
+Runs the per-head reconstruction with held-out head selection (Han et al. 2023 §5.2, §5.5),
+attention vs similarity with the Nadaraya–Watson baseline (§5.3), key/value probes (§5.4), the
+label-words-as-anchors analysis (Wang et al. 2023) and random vs most-similar demos on the same
+seeded queries, and writes ``results.json`` (model, task, seed, the exact prompts' token ids, every
+per-head grid) and a self-contained ``report.html``.  Same arguments and thread count → identical
+results.json.  ``parts`` picks a subset; the costly parts (similarity's isolated runs, probes'
+full key/value captures, anchors' gradients) take their own, smaller ``n``.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from analyses.anchors import anchors_analysis
 from analyses.kernel_regression import demo_selection, kernel_reconstruction
 from analyses.kernel_similarity import attention_similarity
+from analyses.kv_probes import kv_probes
 from analyses.report import write_json_atomic, write_report
 from interp.prompts import build_icl_batch
-from interp.tasks import Task, load_jsonl, load_task
+from interp.tasks import Task, load_dataset_dir, load_jsonl, load_task
+
+PARTS = ("reconstruction", "similarity", "probes", "anchors", "selection")
 
 
 def resolve_task(task: str | Task) -> Task:
-    """A bundled task name, or a path to a JSONL file (text/label or input/output records)."""
+    """A bundled task name, a dataset folder (train.jsonl + test.jsonl), a JSONL file, or a name
+    under ``$ICL_INTERP_DATA/classification``."""
     if isinstance(task, Task):
         return task
-    if task.endswith(".jsonl") or Path(task).exists():
+    path = Path(task)
+    if path.is_dir():
+        return load_dataset_dir(path)
+    if task.endswith(".jsonl") or path.exists():
         return load_jsonl(task)
     return load_task(task)
 
 
 def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, seed: int = 0, out: str | Path | None = None,
-                        anchors_n: int | None = None) -> dict:
+                        parts: Sequence[str] = PARTS, similarity_n: int | None = None, probes_n: int | None = None,
+                        anchors_n: int | None = None, progress: bool = False) -> dict:
+    """Every part in ``parts`` on ``n`` seeded queries (``similarity_n`` / ``probes_n`` /
+    ``anchors_n`` default to min(n, 100) / min(n, 100) / min(n, 40)); returns the results dict."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     task = resolve_task(task)
     prompts = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx)
-    recon = kernel_reconstruction(model, task, k=k, n=n, seed=seed)
-    sim = attention_similarity(model, task, k=k, n=n, seed=seed)
-    anchors = anchors_analysis(model, task, k=k, n=anchors_n or min(n, 40), seed=seed)
-    selection = demo_selection(model, task, k=k, n=n, seed=seed)
     results = {
-        "model": model.name, "engine": model.engine_name, "task": task.name, "k": k, "n": n, "seed": seed,
+        "model": model.name, "engine": model.engine_name, "task": task.name, "k": k, "n": n, "seed": seed, "parts": list(parts),
         "prompts": {"input_ids": prompts.input_ids.tolist(), "attention_mask": prompts.attention_mask.tolist(), "texts": list(prompts.texts)},
-        "reconstruction": recon.to_dict(), "similarity": sim.to_dict(), "anchors": anchors.to_dict(),
-        "demo_selection": selection.to_dict(),
     }
+    sections = []
+    recon = None
+    if "reconstruction" in parts or "selection" in parts:
+        recon = kernel_reconstruction(model, task, k=k, n=n, seed=seed, progress=progress)
+        results["reconstruction"] = recon.to_dict()
+        sections.append(("Reconstruction of the ICL prediction from attention", recon.summary(), recon.figures()))
+    if "similarity" in parts:
+        sim = attention_similarity(model, task, k=k, n=similarity_n or min(n, 100), seed=seed)
+        results["similarity"] = sim.to_dict()
+        sections.append(("Attention vs similarity; Nadaraya-Watson baseline", sim.summary(), sim.figures()))
+    if "probes" in parts:
+        probes = kv_probes(model, task, k=k, n=probes_n or min(n, 100), seed=seed)
+        results["kv_probes"] = probes.to_dict()
+        sections.append(("Key/value probes around the demo label positions", probes.summary(), probes.figures()))
+    if "anchors" in parts:
+        anchors = anchors_analysis(model, task, k=k, n=anchors_n or min(n, 40), seed=seed)
+        results["anchors"] = anchors.to_dict()
+        sections.append(("Label words as anchors", anchors.summary(), anchors.figures()))
+    if "selection" in parts:
+        selection = demo_selection(model, task, k=k, n=n, seed=seed, random_result=recon)
+        results["demo_selection"] = selection.to_dict()
+        sections.append(("Demo selection: random vs most similar", selection.summary(), selection.figures()))
     if out is not None:
         out = Path(out)
         write_json_atomic(out / "results.json", results)
-        write_report(out / "report.html", f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", [
-            ("Reconstruction of the ICL prediction from attention", recon.summary(), recon.figures()),
-            ("Attention vs similarity; Nadaraya-Watson baseline", sim.summary(), sim.figures()),
-            ("Label words as anchors", anchors.summary(), anchors.figures()),
-            ("Demo selection: random vs most similar", selection.summary(), selection.figures()),
-        ])
+        write_report(out / "report.html", f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections)
     return results

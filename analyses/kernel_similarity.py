@@ -112,7 +112,7 @@ def attention_similarity(model, task="sentiment", *, k: int = 4, n: int = 100, s
     task = load_task(task) if isinstance(task, str) else task
     layer = model.n_layers // 2 if layer is None else layer
     tok = model.tokenizer
-    batch = build_icl_batch(tok, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx)
+    batch = build_icl_batch(tok, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx).sorted_by_length()
     class_of = {w: i for i, w in enumerate(task.label_words)}
     demo_classes = torch.tensor([[class_of[d.output] for d in row] for row in batch.demos])
     a, qk, preds = [], [], []
@@ -131,15 +131,20 @@ def attention_similarity(model, task="sentiment", *, k: int = 4, n: int = 100, s
     a, qk, model_pred = torch.cat(a, 2), torch.cat(qk, 2), torch.cat(preds)
 
     # isolated zero-shot runs of every query and demo input
+    # (each distinct text once, shortest first; demos recur across queries)
     texts = [q.input for q in batch.queries] + [d.input for row in batch.demos for d in row]
-    iso = build_icl_batch(tok, task, k=0, queries=[Example(t, task.label_words[0], 0) for t in texts], pool=[], seed=seed, padding_side="left")
+    distinct = list(dict.fromkeys(texts))
+    iso = build_icl_batch(tok, task, k=0, queries=[Example(t, task.label_words[0], 0) for t in distinct], pool=[], seed=seed,
+                          padding_side="left").sorted_by_length()
     probs, hidden = [], []
     for sub in minibatches(iso, 32):
         with torch.no_grad():
             out = model.run(sub, capture=[Capture(f"blocks.{layer}.hook_resid_post", positions="final")], logits="final")
         probs.append(torch.softmax(out.logits.float(), -1).cpu())
         hidden.append(out.acts[f"blocks.{layer}.hook_resid_post"][:, 0].float().cpu())
-    probs, hidden = torch.cat(probs), torch.cat(hidden)
+    row_of = {q.input: i for i, q in enumerate(iso.queries)}
+    index = torch.tensor([row_of[t] for t in texts])
+    probs, hidden = torch.cat(probs)[index], torch.cat(hidden)[index]
     nq = len(batch)
     p_q, p_d = probs[:nq], probs[nq:].reshape(nq, k, -1)
     h_q, h_d = hidden[:nq], hidden[nq:].reshape(nq, k, -1)

@@ -50,6 +50,19 @@ class KVProbeResult:
                 out[o] = [sum(row) / len(row) for row in r["score"]]
         return out
 
+    def summary(self) -> str:
+        lines = [f"Key/value probes on {self.task} ({self.model}, k={self.k}, n={self.n}, ridge, grouped by prompt, seed {self.seed})"]
+        for which, target in (("values", self.value_target), ("keys", self.key_target)):
+            for o, r in getattr(self, which).items():
+                if "skipped" in r:
+                    lines.append(f"  {which} offset {o:+d}: skipped ({r['skipped']})")
+                    continue
+                means = [sum(row) / len(row) for row in r["score"]]
+                best = max(range(len(means)), key=means.__getitem__)
+                lines.append(f"  {which} → {target}, offset {o:+d}: best layer {r['layer_names'][best] if 'layer_names' in r else best} "
+                             f"mean accuracy {means[best]:.3f}; last layer {means[-1]:.3f}")
+        return "\n".join(lines)
+
     def figures(self) -> list:
         import plotly.graph_objects as go
 
@@ -68,7 +81,7 @@ def kv_probes(model, task: Task | str = "sentiment", *, k: int = 4, n: int = 100
               batch_size: int = 8) -> KVProbeResult:
     task = load_task(task) if isinstance(task, str) else task
     layers = list(range(model.n_layers)) if layers is None else list(layers)
-    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx)
+    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx).sorted_by_length()
     class_of = {w: i for i, w in enumerate(task.label_words)}
     ids = batch.label_words.first_token_ids
     feats = {("k", o): [] for o in offsets} | {("v", o): [] for o in offsets}
@@ -84,14 +97,16 @@ def kv_probes(model, task: Task | str = "sentiment", *, k: int = 4, n: int = 100
                     feats[("v", o)].append(V[:, b, p])
     demo_inputs = [d.input for row in batch.demos for d in row]
     y_values = torch.tensor([class_of[d.output] for row in batch.demos for d in row])
-    iso = build_icl_batch(model.tokenizer, task, k=0, queries=[Example(t, task.label_words[0], 0) for t in demo_inputs], pool=[],
-                          seed=seed, padding_side="left")
+    distinct = list(dict.fromkeys(demo_inputs))  # each demo input alone, once, shortest first
+    iso = build_icl_batch(model.tokenizer, task, k=0, queries=[Example(t, task.label_words[0], 0) for t in distinct], pool=[],
+                          seed=seed, padding_side="left").sorted_by_length()
     preds = []
     for sub in minibatches(iso, 32):
         with torch.no_grad():
             logits = model.run(sub, logits="final").logits
         preds.append(logits[:, ids].argmax(-1).cpu())
-    y_keys = torch.cat(preds)
+    row_of = {q.input: i for i, q in enumerate(iso.queries)}
+    y_keys = torch.cat(preds)[torch.tensor([row_of[t] for t in demo_inputs])]
     groups = torch.arange(len(batch)).repeat_interleave(k)
     result = KVProbeResult(model.name, task.name, k, len(batch), seed, list(offsets))
     for (kind, o), rows in feats.items():

@@ -506,6 +506,12 @@ class IclBatch:
             texts=[self.texts[i] for i in idx] if self.texts else [],
         )
 
+    def sorted_by_length(self) -> "IclBatch":
+        """The rows shortest first (stable), so that minibatches carry little padding; per-row
+        results then come in this order (aggregates are unchanged)."""
+        lengths = self.attention_mask.sum(1).cpu()
+        return self.select(torch.sort(lengths, stable=True).indices)
+
     def _pad_value(self) -> int:
         """The id used on pad positions (0 when the batch has no padding)."""
         pads = self.input_ids[self.attention_mask == 0]
@@ -592,7 +598,8 @@ def _split(examples: Sequence["Example"], n: int, seed: int) -> tuple[list["Exam
     """Seeded split into (pool, queries): the first ``n`` of a ``Random(seed)`` shuffle are queries."""
     if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(examples):
         raise ValueError(
-            f"n must be an int in 1..{len(examples)} (the task's number of examples), got {n!r}"
+            f"n must be an int in 1..{len(examples)} (the number of examples queries are drawn "
+            f"from), got {n!r}; pass a smaller n"
         )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
@@ -760,6 +767,9 @@ def _queries_and_pool(
         return list(pool) if pool is not None else list(task.examples), query_list
     if n is None:
         raise ValueError("pass n=number of queries (split from the task) or queries=[...]")
+    if task.test_examples is not None:  # a train/test dataset: queries from test, demos from train
+        _, query_list = _split(list(task.test_examples), n, seed)
+        return list(pool) if pool is not None else list(task.examples), query_list
     source = list(task.examples)
     if pool is not None:  # queries from the task, demos only from the given pool
         _, query_list = _split(source, n, seed)

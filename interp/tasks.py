@@ -7,7 +7,9 @@ Bundled tasks (written for this project, shipped in ``interp/data``):
 ``country-capital``, ``present-past``, ``singular-plural``, ``english-french`` (word pairs) and
 ``sentiment`` (short sentences, two labels).  ``load_task(name)`` returns them.
 
-Loaders for user data: :func:`load_jsonl`, :func:`load_csv` and :func:`load_hf_dataset` (network).
+Loaders for user data: :func:`load_jsonl`, :func:`load_csv`, :func:`load_dataset_dir` (a folder
+with ``train.jsonl`` / ``test.jsonl`` / ``meta.json``) and :func:`load_hf_dataset` (network).
+``load_task(name)`` also finds ``$ICL_INTERP_DATA/classification/<name>`` when that variable is set.
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ class Task:
     kind: Literal["classification", "generation"] = "generation"
     label_words: list[str] | None = None
     template: Template = field(default_factory=Template)
+    #: A separate test split (datasets with train/test files): when set, prompt builders draw the
+    #: n queries from it and the demonstrations from ``examples`` (the train split).
+    test_examples: list[Example] | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -81,9 +86,13 @@ def load_task(name: str) -> Task:
     The data is read with :mod:`importlib.resources`, so it works from an installed wheel.
     """
     if name not in BUNDLED_TASKS:
+        data_root = os.environ.get("ICL_INTERP_DATA")
+        if data_root and (Path(data_root) / "classification" / name / "train.jsonl").exists():
+            return load_dataset_dir(Path(data_root) / "classification" / name)
         raise ValueError(
             f"unknown task {name!r}; bundled tasks are {', '.join(BUNDLED_TASKS)}. "
-            "For your own data use load_jsonl(path) or load_csv(path)."
+            "For your own data use load_jsonl(path), load_csv(path) or load_dataset_dir(folder), "
+            "or set ICL_INTERP_DATA to a folder holding classification/<name>/."
         )
     resource = resources.files("interp") / "data" / f"{name}.json"
     data = json.loads(resource.read_text(encoding="utf-8"))
@@ -281,6 +290,44 @@ def load_jsonl(
         records, str(p), input_key=input_key, output_key=output_key, label_key=label_key,
         name=name if name is not None else p.stem, label_words=label_words, template=template,
     )
+
+
+#: Prompt templates of Zhao et al. 2021 (tonyzhaozh/few-shot-learning) for the datasets that
+#: ``load_dataset_dir`` knows by folder name; other folders get ``Template()``.
+DATASET_TEMPLATES: dict[str, Template] = {
+    **{t: SENTIMENT_TEMPLATE for t in ("sst2", "sst5", "mr", "cr")},
+    "subj": Template(input_prefix="Input:", output_prefix="Type:"),
+    "agnews": Template(input_prefix="Article:", output_prefix="Answer:"),
+    "dbpedia": Template(input_prefix="Article:", output_prefix="Answer:"),
+    "trec": Template(input_prefix="Question:", output_prefix="Answer Type:"),
+    "cb": Template(input_prefix="", output_prefix="true, false, or neither? answer:"),
+    "rte": Template(input_prefix="", output_prefix="True or False? answer:"),
+}
+
+
+def load_dataset_dir(path: str | os.PathLike, *, template: Template | None = None,
+                     label_words: Sequence[str] | None = None, name: str | None = None) -> Task:
+    """A classification dataset folder: ``train.jsonl`` (the demonstration pool), ``test.jsonl``
+    (the queries, as :attr:`Task.test_examples`) and optional ``meta.json`` whose
+    ``label_words`` are the words shown (e.g. agnews' "Technology" for class "Sci/Tech").
+
+    Records as in :func:`load_jsonl`.  ``template`` defaults to the folder's entry in
+    :data:`DATASET_TEMPLATES` (Zhao et al. 2021), else :class:`Template()`.
+    """
+    folder = Path(path)
+    for f in ("train.jsonl", "test.jsonl"):
+        if not (folder / f).exists():
+            raise ValueError(f"{folder} has no {f}; a dataset folder needs train.jsonl and test.jsonl")
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8")) if (folder / "meta.json").exists() else {}
+    words = list(label_words) if label_words is not None else meta.get("label_words")
+    task_name = name if name is not None else meta.get("task", folder.name)
+    tmpl = template if template is not None else DATASET_TEMPLATES.get(folder.name, Template())
+    train = load_jsonl(folder / "train.jsonl", name=task_name, label_words=words, template=tmpl)
+    test = load_jsonl(folder / "test.jsonl", name=task_name, label_words=train.label_words, template=tmpl)
+    if train.kind != test.kind:
+        raise ValueError(f"{folder}: train.jsonl is {train.kind} but test.jsonl is {test.kind}")
+    train.test_examples = test.examples
+    return train
 
 
 def load_csv(

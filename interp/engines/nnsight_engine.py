@@ -82,14 +82,16 @@ class NNsightEngine(Engine):
     def b_O(self, layer: int) -> torch.Tensor | None:
         return self.hf_model.model.layers[layer].self_attn.o_proj.bias
 
-    def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None,
+                last_only: bool = False) -> torch.Tensor:
         import nnsight
 
         ordered = sorted(hooks, key=lambda item: item[0].sort_key())  # stable: same-site order kept
         grouped = [(site, [fn for _, fn in group]) for site, group in groupby(ordered, key=lambda item: item[0])]
         nn = self.nn
         saved = store if store is not None else {}
-        with nn.trace(input_ids, attention_mask=attention_mask, position_ids=position_ids, remote=self.remote):
+        extra = {"logits_to_keep": 1} if last_only else {}
+        with nn.trace(input_ids, attention_mask=attention_mask, position_ids=position_ids, remote=self.remote, **extra):
             for site, fns in grouped:
                 if site.hook != "logits":
                     self._visit(site, fns, input_ids.shape)

@@ -59,10 +59,12 @@ class TransformerLensEngine(Engine):
     def hook_name(self, site: Site) -> str:
         return _GLOBAL_HOOK_NAMES[site.hook] if site.layer is None else site.name
 
-    def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None,
+                last_only: bool = False) -> torch.Tensor:
         fwd_hooks = [(self.hook_name(site), _tl_hook(fn)) for site, fn in hooks]
+        extra = {"logits_to_keep": 1} if last_only else {}
         with self.bridge.hooks(fwd_hooks=fwd_hooks):
-            return self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            return self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra)
 
     def W_O(self, layer: int) -> torch.Tensor:
         return self.bridge.blocks[layer].attn.W_O
