@@ -3,6 +3,7 @@
     icl-interp verify --model smollm2-135m          hook faithfulness checks, JSON, exit 1 on failure
     icl-interp accuracy --task present-past --k 0 1 2 4 8 --n 100
     icl-interp kernel --task sentiment --k 4 --n 100 --seed 0 --out out/kernel
+    icl-interp icl-vs-gd --task sentiment --k 8 --n 100 --params kv --out out/icl-vs-gd
     icl-interp demo                                  the main job on the embedded model
 """
 from __future__ import annotations
@@ -72,6 +73,22 @@ def cmd_kernel(args) -> int:
     return 0
 
 
+def cmd_icl_vs_gd(args) -> int:
+    from analyses.icl_vs_gd_report import paper_config, run_icl_vs_gd_analysis
+    from interp import load_model
+
+    _setup(args)
+    config = paper_config(args.params, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                          loss=args.loss, layer_causal=args.layer_causal or None)
+    model = load_model(args.model, engine=args.engine)
+    results = run_icl_vs_gd_analysis(model, args.task, k=args.k, n=args.n, seed=args.seed, config=config, orders=args.orders,
+                                     orders_n=args.orders_n, record=args.record, out=args.out)
+    acc = results["icl_vs_gd"]["accuracy"]
+    print(f"accuracy ZS {acc['zs']['accuracy']:.3f} ICL {acc['icl']['accuracy']:.3f} GD {acc['gd']['accuracy']:.3f}; "
+          f"wrote {args.out}/results.json and {args.out}/report.html")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from analyses.demo import run_demo
 
@@ -114,6 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes-n", type=int, default=None, help="prompts for the key/value probes (default min(n, 100))")
     p.add_argument("--anchors-n", type=int, default=None, help="queries for the anchors analysis (default min(n, 40))")
     p.set_defaults(func=cmd_kernel)
+
+    p = sub.add_parser("icl-vs-gd", help="is ICL gradient descent? ICL against a fine-tuned copy (Dai et al.; Shen et al.; Deutch et al.)")
+    _common(p)
+    p.add_argument("--task", default="sentiment", help="as for kernel")
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--params", default="kv",
+                   help="kv (k_proj+v_proj of every layer, Dai), wv:LAYER (one layer's W_V, Shen), all, or a regex over parameter names")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="default: sgd for kv (Dai), adam otherwise (Shen)")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3")
+    p.add_argument("--epochs", type=int, default=None, help="default: 1 for kv (Dai), 20 otherwise (Shen)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 1")
+    p.add_argument("--loss", choices=["label", "all"], default=None, help="default: all demo tokens for kv (Dai), label token otherwise (Shen)")
+    p.add_argument("--layer-causal", action="store_true", help="Deutch et al.'s layer-causal GD")
+    p.add_argument("--record", choices=["label", "final"], default=None,
+                   help="recorded position: label = the appended first label word (Dai's code; classification default), final = the predicting token")
+    p.add_argument("--orders", type=int, default=0, help="order sensitivity over this many demo orders (0: skip)")
+    p.add_argument("--orders-n", type=int, default=50, help="queries for the order sensitivity")
+    p.add_argument("--out", default="out/icl-vs-gd")
+    p.set_defaults(func=cmd_icl_vs_gd)
 
     p = sub.add_parser("demo", help="the main job on the embedded model")
     _common(p)

@@ -17,7 +17,7 @@ from analyses.anchors import anchors_analysis
 from analyses.kernel_regression import demo_selection, kernel_reconstruction
 from analyses.kernel_similarity import attention_similarity
 from analyses.kv_probes import kv_probes
-from analyses.report import write_json_atomic, write_report
+from analyses.report import write_run
 from interp.prompts import build_icl_batch
 from interp.tasks import Task, load_dataset_dir, load_jsonl, load_task
 
@@ -73,8 +73,5 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
         selection = demo_selection(model, task, k=k, n=n, seed=seed, random_result=recon)
         results["demo_selection"] = selection.to_dict()
         sections.append(("Demo selection: random vs most similar", selection.summary(), selection.figures()))
-    if out is not None:
-        out = Path(out)
-        write_json_atomic(out / "results.json", results)
-        write_report(out / "report.html", f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections)
+    write_run(out, results, f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections)
     return results

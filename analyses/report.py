@@ -47,3 +47,13 @@ def write_report(path: Path, title: str, sections: Sequence[tuple[str, str, Sequ
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_run(out: str | os.PathLike | None, results: dict, title: str, sections: Sequence[tuple[str, str, Sequence]]) -> None:
+    """``out/results.json`` (atomic) and ``out/report.html`` of one analysis run; nothing when
+    ``out`` is None."""
+    if out is None:
+        return
+    out = Path(out)
+    write_json_atomic(out / "results.json", results)
+    write_report(out / "report.html", title, sections)

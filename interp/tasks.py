@@ -311,8 +311,9 @@ def load_dataset_dir(path: str | os.PathLike, *, template: Template | None = Non
     (the queries, as :attr:`Task.test_examples`) and optional ``meta.json`` whose
     ``label_words`` are the words shown (e.g. agnews' "Technology" for class "Sci/Tech").
 
-    Records as in :func:`load_jsonl`.  ``template`` defaults to the folder's entry in
-    :data:`DATASET_TEMPLATES` (Zhao et al. 2021), else :class:`Template()`.
+    Records as in :func:`load_jsonl`.  ``template`` defaults to ``meta.json``'s ``"template"``
+    (the :class:`Template` fields), else the folder's entry in :data:`DATASET_TEMPLATES` (Zhao et
+    al. 2021), else :class:`Template()`.
     """
     folder = Path(path)
     for f in ("train.jsonl", "test.jsonl"):
@@ -321,7 +322,12 @@ def load_dataset_dir(path: str | os.PathLike, *, template: Template | None = Non
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8")) if (folder / "meta.json").exists() else {}
     words = list(label_words) if label_words is not None else meta.get("label_words")
     task_name = name if name is not None else meta.get("task", folder.name)
-    tmpl = template if template is not None else DATASET_TEMPLATES.get(folder.name, Template())
+    if template is not None:
+        tmpl = template
+    elif "template" in meta:
+        tmpl = Template(**meta["template"])
+    else:
+        tmpl = DATASET_TEMPLATES.get(folder.name, Template())
     train = load_jsonl(folder / "train.jsonl", name=task_name, label_words=words, template=tmpl)
     test = load_jsonl(folder / "test.jsonl", name=task_name, label_words=train.label_words, template=tmpl)
     if train.kind != test.kind:

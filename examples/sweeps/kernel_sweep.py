@@ -68,9 +68,9 @@ def summary(args) -> str:
             agr = "; ".join(ci(s["heldout_agreement"]) for s in sel)
             gold = "; ".join(ci(s["heldout_gold_accuracy"]) for s in sel)
             base = lambda name: _mean_sd([r["baselines"][name]["agreement"] for r in runs]) + " / " + _mean_sd([r["baselines"][name]["gold_accuracy"] for r in runs])
-            layers = sorted({l for r in runs for l, _, _ in r["top_heads"]})  # top-5 heads of every seed
+            layer_list = ",".join(str(l) for l in sorted({l for r in runs for l, _, _ in r["top_heads"]}))  # top-5 heads, all seeds
             lines.append(f"| {task} | {k} | {len(runs)} | {_mean_sd(acc)} | {heads} | {agr} | {gold} | {base('majority demo label')} | "
-                         f"{base('most recent demo label')} | {base('random head (mean over heads)')} | {",".join(map(str, layers))} |")
+                         f"{base('most recent demo label')} | {base('random head (mean over heads)')} | {layer_list} |")
     lines += ["", "| task | k | NW acc / agreement | model acc | max r (prediction sim) | max r (hidden cos) | max r (q·k) | S_wp / S_pq normalised (first third→last third of layers) | label loyalty: isolate labels first 5 / last 5 layers / random words first 5 | max AUCROC (layer) | selection: random vs similar ICL acc |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for task in args.tasks:

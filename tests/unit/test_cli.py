@@ -65,3 +65,29 @@ def test_kernel_analysis_writes_identical_results_for_the_same_seed(model_dir, t
     import re
 
     assert "Plotly.newPlot" in html and not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js inline, nothing fetched
+
+
+def test_icl_vs_gd_cli_writes_identical_results_for_the_same_seed(model_dir, tmp_path, capsys):
+    """`icl-interp icl-vs-gd` on a dataset folder (train pool, test queries): results.json with the
+    GD configuration the paper setting implies, the same bytes twice, the report beside it."""
+    data = tmp_path / "toy"
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps({"label_words": ["x", "y"], "template": {"space_before_text": False}}))
+    for split, rows in (("train", range(0, 12)), ("test", range(12, 18))):
+        with open(data / f"{split}.jsonl", "w") as f:
+            for i in rows:
+                f.write(json.dumps({"text": f"ab{'cdefghijklmnopqrst'[i]}", "label": i % 2, "label_name": ["x", "y"][i % 2]}) + "\n")
+    texts = []
+    for run in ("a", "b"):
+        code = cli.main(["icl-vs-gd", "--model", model_dir, "--task", str(data), "--k", "3", "--n", "4", "--params", "wv:1",
+                         "--epochs", "2", "--orders", "2", "--threads", "1", "--out", str(tmp_path / run)])
+        assert code == 0
+        texts.append((tmp_path / run / "results.json").read_text())
+    assert texts[0] == texts[1]
+    res = json.loads(texts[0])
+    cfg = res["icl_vs_gd"]["config"]
+    assert cfg == {"params": "wv:1", "optimizer": "adam", "lr": 1e-3, "epochs": 2, "batch_size": 1, "loss": "label", "layer_causal": False}
+    assert len(res["icl_vs_gd"]["fit_losses"]) == 2 * 3  # epochs × demos at batch 1
+    assert len(res["icl_vs_gd"]["prompts"]["icl_input_ids"]) == 4 and res["icl_vs_gd"]["model_hash_unchanged"]
+    assert set(res["order_sensitivity"]["gd"]) == {"1", "2", "4", "full"}
+    assert "plotly" in (tmp_path / "a" / "report.html").read_text()

@@ -384,3 +384,34 @@ def test_regression_normal_moments():
 def test_regression_validates_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_regression_tasks(**kwargs)
+
+
+def _dataset_folder(root, name="toyset"):
+    import json as _json
+
+    d = root / "classification" / name
+    d.mkdir(parents=True)
+    (d / "meta.json").write_text(_json.dumps({"task": name, "label_words": ["b", "g"], "template": {"space_before_text": False}}))
+    for split, rows in (("train", range(0, 10)), ("test", range(100, 106))):
+        with open(d / f"{split}.jsonl", "w") as f:
+            for i in rows:
+                f.write(_json.dumps({"text": f"text {i}", "label": i % 2, "label_name": ["negative", "positive"][i % 2]}) + "\n")
+    return d
+
+
+def test_dataset_folder_draws_queries_from_test_and_demos_from_train(tmp_path, char_tokenizer, monkeypatch):
+    from interp.prompts import build_icl_batch
+    from interp.tasks import load_dataset_dir, load_task
+
+    d = _dataset_folder(tmp_path)
+    task = load_dataset_dir(d)
+    assert task.label_words == ["b", "g"]  # meta.json's shown words win over label_name
+    assert len(task.examples) == 10 and len(task.test_examples) == 6
+    batch = build_icl_batch(char_tokenizer, task, k=3, n=4, seed=0)
+    train_inputs = {e.input for e in task.examples}
+    assert all(q.input.startswith("text 10") for q in batch.queries)
+    assert all(d.input in train_inputs for row in batch.demos for d in row)
+    with pytest.raises(ValueError, match="pass a smaller n"):
+        build_icl_batch(char_tokenizer, task, k=3, n=7, seed=0)
+    monkeypatch.setenv("ICL_INTERP_DATA", str(tmp_path))
+    assert load_task("toyset").test_examples == task.test_examples

@@ -1,0 +1,285 @@
+"""Is in-context learning gradient descent in a pretrained LM? (Dai et al. 2023; Shen et al. 2023;
+Deutch et al. 2024)
+
+One fixed demo set per seed (Dai's ``train.shuffle(seed)[:k]``), ``n`` test queries, three runs:
+ZS (the model, query alone), ICL (the model, demos + query) and GD (a copy fine-tuned on the demos
+with :class:`~interp.finetune.GDConfig`, query alone).  Dai's code records the position one after
+the prediction: the first label word's token is appended to every prompt (``record="label"``;
+``"final"`` records the predicting position itself, the only choice for word tasks).
+
+Metrics (per layer where the papers have them; baselines beside each):
+
+- accuracy ZS / ICL / GD; Rec2FTP = |ZS✗ ∧ GD✓ ∧ ICL✓| / |ZS✗ ∧ GD✓|;
+- SimAOU_l = mean cos(ĥ_ICL − ĥ_ZS, ĥ_GD − ĥ_ZS) of the unit-normalised attention-sublayer
+  outputs, with the random-update baseline (u ~ U[0,1)^d);
+- SimAM_l: cosine of the raw scores q·k/√d over the query-part tokens, ICL vs GD and (baseline,
+  "before fine-tuning") ICL vs ZS, and Deutch's update-based cos(A_ICL − A_ZS, A_GD − A_ZS);
+- Kendall τ_l between ICL attention to the demo tokens (raw scores summed over heads, softmax) and
+  the GD side's training-token attention softmax_t(q_test · q_t), random baseline τ(ICL, U[0,1));
+- Token Overlap@10, overlap cosine and KL(ICL‖GD) of the next-token distributions at the
+  prediction position, beside the noise floor ICL vs ICL with the demos reordered (Shen et al.);
+- the dual form per layer and head: ΔW_ICL q = Σ_t (W_V x'_t)((W_K x'_t)ᵀ q) over the demo tokens,
+  with rotary keys and queries and no softmax (Dai's relaxed linear attention), against the change
+  the fine-tuned weights make to that head's output at the query, z_GD − z_ZS, and against the
+  change ICL actually makes, z_ICL − z_ZS (cosine and norm ratio).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from analyses.dual_form import compare_updates, dual_form_output
+from analyses import gd_metrics as gm
+from interp.capture import Capture
+from interp.finetune import GDConfig, GDCounterpart, demo_sequences, parameter_hash
+from interp.prompts import build_icl_batch
+from interp.scoring import accuracy, minibatches
+
+Record = Literal["label", "final"]
+
+#: Dai et al.'s setting (k_proj + v_proj of every layer, SGD, batch 1, one epoch, LM loss on every
+#: demo token) and Shen et al.'s (W_V of one middle layer, label-token loss, Adam, many epochs).
+DAI = GDConfig(params="kv", optimizer="sgd", lr=1e-3, epochs=1, batch_size=1, loss="all")
+
+
+def shen(layer: int, lr: float = 1e-3, epochs: int = 20) -> GDConfig:
+    return GDConfig(params=f"wv:{layer}", optimizer="adam", lr=lr, epochs=epochs, batch_size=1, loss="label")
+
+
+@dataclass
+class SideRun:
+    """One of ZS / ICL / GD on the n queries, at the prediction and the recorded position."""
+
+    logprobs: torch.Tensor  # [n, vocab] next-token log-probabilities at the prediction position
+    attn_out: torch.Tensor  # [n, layer, d_model] attention-sublayer output at the recorded position
+    z: torch.Tensor  # [n, layer, head, d_head] per-head attention output (before W_O), recorded position
+    query_scores: list[torch.Tensor]  # per query [layer, head, t]: raw scores over the query-part tokens
+    q_rot: torch.Tensor | None = None  # [n, layer, head, d_head] rotary queries (ICL)
+    q_flat: torch.Tensor | None = None  # [n, layer, head·d_head] q/√d_head before rotary (GD, for Kendall)
+    demo_scores: torch.Tensor | None = None  # [n, layer, T] raw scores to the demo tokens summed over heads (ICL)
+
+
+def _append(ids: torch.Tensor, mask: torch.Tensor, token: int | None):
+    if token is None:
+        return ids, mask
+    b = ids.shape[0]
+    return torch.cat([ids, torch.full((b, 1), token, dtype=ids.dtype)], 1), torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype)], 1)
+
+
+def run_side(model, batch, *, append: int | None, demo_columns: list[int] | None = None, rotary_q: bool = False,
+             flat_q: bool = False, batch_size: int = 4) -> SideRun:
+    """Run ``batch`` (left-padded) with ``append`` (a token id or None) added to every row."""
+    lp, ao, zs, qs, qr, qf, ds = [], [], [], [], [], [], []
+    for sub in minibatches(batch, batch_size):
+        ids, mask = _append(sub.input_ids, sub.attention_mask, append)
+        L = ids.shape[1]
+        rec, pred = L - 1, (L - 2 if append is not None else L - 1)
+        caps = [Capture("hook_attn_out", positions=[rec]), Capture("attn.hook_z", positions=[rec]),
+                Capture("attn.hook_attn_scores", positions=[rec])]
+        if rotary_q:
+            caps.append(Capture("attn.hook_rot_q", positions=[rec]))
+        if flat_q:
+            caps.append(Capture("attn.hook_q", positions=[rec]))
+        with torch.no_grad():
+            out = model.run(ids, attention_mask=mask, capture=caps + [Capture("logits", positions=[pred])], logits="final")
+        a = out.acts
+        lp.append(torch.log_softmax(a["logits"][:, 0].float(), -1).cpu())
+        ao.append(a.stack("hook_attn_out")[:, :, 0].transpose(0, 1).float().cpu())
+        zs.append(a.stack("attn.hook_z")[:, :, 0].transpose(0, 1).float().cpu())
+        scores = a.stack("attn.hook_attn_scores")[:, :, :, 0].float().cpu()  # [layer, b, head, pos]
+        for j, r in enumerate(sub.rows):
+            qs.append(scores[:, j, :, r.query_block.start:])
+        if rotary_q:
+            qr.append(a.stack("attn.hook_rot_q")[:, :, 0].transpose(0, 1).float().cpu())
+        if flat_q:
+            q = a.stack("attn.hook_q")[:, :, 0].transpose(0, 1).float().cpu()  # [b, layer, head, d]
+            qf.append(q.flatten(2) / q.shape[-1] ** 0.5)
+        if demo_columns is not None:
+            cols = [[r.start + c for c in demo_columns] for r in sub.rows]
+            ds.append(torch.stack([scores[:, j][:, :, cols[j]].sum(1) for j in range(len(sub.rows))]))
+    return SideRun(torch.cat(lp), torch.cat(ao), torch.cat(zs), qs,
+                   torch.cat(qr) if rotary_q else None, torch.cat(qf) if flat_q else None,
+                   torch.cat(ds) if demo_columns is not None else None)
+
+
+def _predictions(logprobs: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred, correct) from next-token log-probs: label words (classification) or top-1 token."""
+    if batch.label_words is not None:
+        pred = logprobs[:, batch.label_words.first_token_ids].argmax(-1)
+        return pred, pred == batch.gold.cpu()
+    pred = logprobs.argmax(-1)
+    return pred, pred == batch.target_ids.cpu()
+
+
+def demo_keys_values(model, icl_batch, demo_columns: list[int]):
+    """Rotary keys and values [layer, T, kv_head, d_head] of the demo tokens (shared by every
+    row: same demos, position ids counted over real tokens), from the first row alone."""
+    row = icl_batch.select([0])
+    with torch.no_grad():
+        out = model.run(row, capture=[Capture("attn.hook_rot_k"), Capture("attn.hook_v")], logits="final")
+    start = row.rows[0].start
+    cols = [start + c for c in demo_columns]
+    return out.acts.stack("attn.hook_rot_k")[:, 0, cols].float().cpu(), out.acts.stack("attn.hook_v")[:, 0, cols].float().cpu()
+
+
+def dual_form_comparison(model, icl: SideRun, zs: SideRun, gd: SideRun, keys: torch.Tensor, values: torch.Tensor) -> dict:
+    """Per layer and head: ΔW_ICL q (relaxed linear attention over the demo tokens) against
+    z_GD − z_ZS and z_ICL − z_ZS; cosines and norm ratios averaged over queries."""
+    group = model.n_heads // model.n_kv_heads
+    k = keys.repeat_interleave(group, dim=2).permute(0, 2, 1, 3)  # [layer, head, T, d]
+    v = values.repeat_interleave(group, dim=2).permute(0, 2, 1, 3)
+    n = icl.q_rot.shape[0]
+    pred = dual_form_output(k.expand(n, *k.shape), v.expand(n, *v.shape), icl.q_rot)  # [n, layer, head, d]
+    out = {}
+    for name, actual in (("gd", gd.z - zs.z), ("icl", icl.z - zs.z)):
+        c = compare_updates(pred, actual)
+        out[f"cosine_{name}"] = c["cosine"].nanmean(0).tolist()  # [layer][head]
+        out[f"norm_ratio_{name}"] = c["norm_ratio"].nanmedian(0).values.tolist()
+    return out
+
+
+@dataclass
+class IclVsGdResult:
+    model: str
+    task: str
+    k: int
+    n: int
+    seed: int
+    config: dict
+    record: str
+    accuracy: dict
+    rec2ftp: float
+    per_layer: dict  # name -> [layer] arrays
+    distributions: dict  # overlap / OCS / KL, ICL vs GD beside ICL vs ICL reordered
+    dual_form: dict  # name -> [layer][head]
+    fit_losses: list[float]
+    prompts: dict = field(default_factory=dict, repr=False)
+    model_hash_unchanged: bool = True
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        pl = self.per_layer
+        mean = lambda xs: sum(x for x in xs if x == x) / max(1, sum(1 for x in xs if x == x))  # noqa: E731
+        a = self.accuracy
+        d = self.distributions
+        lines = [
+            f"ICL vs GD on {self.task} ({self.model}, k={self.k}, n={self.n}, seed {self.seed}; GD: {self.config})",
+            f"  accuracy ZS {a['zs']['accuracy']:.3f}, ICL {a['icl']['accuracy']:.3f}, GD {a['gd']['accuracy']:.3f}; Rec2FTP {self.rec2ftp:.1f}%",
+            f"  SimAOU {mean(pl['simaou']):.3f} (random update {mean(pl['simaou_random']):.3f})",
+            f"  SimAM ICL vs GD {mean(pl['simam_gd']):.3f} (ICL vs ZS {mean(pl['simam_zs']):.3f}); update-based {mean(pl['simam_update']):.3f}",
+            f"  Kendall ICL vs GD attention {mean(pl['kendall']):.3f} (random {mean(pl['kendall_random']):.3f})",
+            f"  Token overlap@10 ICL vs GD {d['overlap_gd']:.3f} (ICL vs ICL reordered {d['overlap_reordered']:.3f}); "
+            f"overlap cosine {d['ocs_gd']:.3f} ({d['ocs_reordered']:.3f}); KL(ICL‖GD) {d['kl_gd']:.3f} ({d['kl_reordered']:.3f})",
+            f"  dual form: cos(ΔW_ICL q, z_GD − z_ZS) {mean([mean(r) for r in self.dual_form['cosine_gd']]):.3f}; "
+            f"cos(ΔW_ICL q, z_ICL − z_ZS) {mean([mean(r) for r in self.dual_form['cosine_icl']]):.3f}",
+        ]
+        return "\n".join(lines)
+
+    def figures(self) -> list:
+        import plotly.graph_objects as go
+
+        title = f"{self.task}, {self.model}, k={self.k}, n={self.n}, seed {self.seed}"
+        figs = []
+        for names, ytitle in ((("simaou", "simaou_random"), "SimAOU (cosine of updates)"),
+                              (("simam_gd", "simam_zs", "simam_update"), "SimAM (cosine of raw attention scores)"),
+                              (("kendall", "kendall_random"), "Kendall τ")):
+            fig = go.Figure([go.Scatter(y=self.per_layer[n], mode="lines+markers", name=n) for n in names])
+            fig.update_layout(title=f"ICL vs GD: {ytitle} per layer — {title}", xaxis_title="layer", yaxis_title=ytitle)
+            figs.append(fig)
+        for name in ("cosine_gd", "cosine_icl"):
+            fig = go.Figure(go.Heatmap(z=self.dual_form[name], colorscale="RdBu", zmid=0, colorbar=dict(title="cosine")))
+            fig.update_layout(title=f"Dual form: cos(ΔW_ICL q, z_{name[7:].upper()} − z_ZS) — {title}", xaxis_title="head", yaxis_title="layer")
+            figs.append(fig)
+        return figs
+
+
+def icl_vs_gd(model, task="sentiment", *, k: int = 8, n: int = 100, seed: int = 0, config: GDConfig = DAI,
+              record: Record | None = None, kendall_n: int = 100, batch_size: int = 4, counterpart: GDCounterpart | None = None,
+              progress: bool = False) -> IclVsGdResult:
+    """ZS / ICL / GD on the same queries and the metrics of the module docstring.
+    ``counterpart``: a :class:`GDCounterpart` of ``model`` to reuse across calls (saves a copy)."""
+    from interp.tasks import load_task
+
+    task = load_task(task) if isinstance(task, str) else task
+    record = record or ("label" if task.kind == "classification" else "final")
+    if record == "label" and task.kind != "classification":
+        raise ValueError("record='label' appends the first label word, which a word task does not have: use record='final'")
+    hash_before = parameter_hash(model)
+    tok = model.tokenizer
+    icl_b = build_icl_batch(tok, task, k=k, n=n, seed=seed, same_demos=True, padding_side="left", max_length=model.n_ctx)
+    demos = icl_b.demos[0]
+    zs_b = build_icl_batch(tok, task, k=0, queries=icl_b.queries, pool=[], seed=seed, padding_side="left")
+    perm = list(range(k))
+    random.Random(f"reorder:{seed}").shuffle(perm)
+    re_b = build_icl_batch(tok, task, k=k, n=n, seed=seed, same_demos=True, order=perm, padding_side="left", max_length=model.n_ctx)
+    append = int(icl_b.label_words.first_token_ids[0]) if record == "label" else None
+
+    # demo-token columns (row coordinates), each demo's block without the separators
+    r0 = icl_b.rows[0]
+    demo_columns = [p - r0.start for s in r0.demo_blocks for p in range(s.start, s.end)]
+    seqs, predict_at = demo_sequences(tok, task, demos)
+
+    gd = counterpart or GDCounterpart(model)
+    fit = gd.fit(seqs, predict_at, config, record_queries=True)
+    zs = run_side(model, zs_b, append=append, batch_size=batch_size)
+    icl = run_side(model, icl_b, append=append, demo_columns=demo_columns, rotary_q=True, batch_size=batch_size)
+    reo = run_side(model, re_b, append=append, batch_size=batch_size)
+    ft = run_side(gd.model, zs_b, append=append, flat_q=True, batch_size=batch_size)
+    keys, values = demo_keys_values(model, icl_b, demo_columns)
+    gd.reset()
+
+    preds = {name: _predictions(s.logprobs, zs_b) for name, s in (("zs", zs), ("icl", icl), ("gd", ft))}
+    per_layer = {
+        "simaou": gm.simaou(icl.attn_out, zs.attn_out, ft.attn_out).tolist(),
+        "simaou_random": gm.simaou_random_baseline(icl.attn_out, zs.attn_out, generator=torch.Generator().manual_seed(seed)).tolist(),
+        "simam_gd": gm.simam(icl.query_scores, ft.query_scores).tolist(),
+        "simam_zs": gm.simam(icl.query_scores, zs.query_scores).tolist(),
+        "simam_update": gm.simam(icl.query_scores, ft.query_scores, zs.query_scores).tolist(),
+    }
+    per_layer.update(_kendall(icl, ft, fit, seqs, demos, icl_b, min(kendall_n, len(icl_b)), seed))
+    probs = {name: s.logprobs.exp() for name, s in (("icl", icl), ("gd", ft), ("re", reo))}
+    distributions = {
+        "overlap_gd": float(gm.token_overlap(probs["icl"], probs["gd"]).mean()),
+        "overlap_reordered": float(gm.token_overlap(probs["icl"], probs["re"]).mean()),
+        "ocs_gd": float(gm.overlap_cosine(probs["icl"], probs["gd"]).mean()),
+        "ocs_reordered": float(gm.overlap_cosine(probs["icl"], probs["re"]).mean()),
+        "kl_gd": float(gm.kl_divergence(icl.logprobs, ft.logprobs).mean()),
+        "kl_reordered": float(gm.kl_divergence(icl.logprobs, reo.logprobs).mean()),
+        "kl_zs": float(gm.kl_divergence(icl.logprobs, zs.logprobs).mean()),
+        "reorder_permutation": perm,
+    }
+    return IclVsGdResult(
+        model=model.name, task=task.name, k=k, n=len(icl_b), seed=seed, config=config.to_dict(), record=record,
+        accuracy={name: accuracy(c).to_dict() for name, (_, c) in preds.items()},
+        rec2ftp=gm.rec2ftp(preds["zs"][1], preds["gd"][1], preds["icl"][1]),
+        per_layer=per_layer, distributions=distributions,
+        dual_form=dual_form_comparison(model, icl, zs, ft, keys, values), fit_losses=fit.losses,
+        prompts={"icl_input_ids": icl_b.input_ids.tolist(), "icl_attention_mask": icl_b.attention_mask.tolist(),
+                 "zs_input_ids": zs_b.input_ids.tolist(), "train_sequences": seqs, "appended_token": append},
+        model_hash_unchanged=parameter_hash(model) == hash_before,
+    )
+
+
+def _kendall(icl: SideRun, ft: SideRun, fit, seqs, demos, icl_b, n_k: int, seed: int) -> dict:
+    """Kendall τ per layer between ICL attention to demo tokens and the GD side's attention to
+    the training tokens (aligned: each demo's block = the last |block| tokens of its sequence)."""
+    r0 = icl_b.rows[0]
+    blocks = [list(range(s.start, s.end)) for s in r0.demo_blocks]
+    ids0 = icl_b.input_ids[0]
+    aligned = all(ids0[b].tolist() == seqs[i][len(seqs[i]) - len(b):] for i, b in enumerate(blocks))
+    n_layers = icl.attn_out.shape[1]
+    if not aligned:
+        nan = [float("nan")] * n_layers
+        return {"kendall": nan, "kendall_random": nan}
+    icl_att = torch.softmax(icl.demo_scores[:n_k], -1)  # [n, layer, T]
+    gd_att = torch.stack([
+        torch.stack([gm.training_token_attention(ft.q_flat[j, l], torch.cat([q[-len(b):] for q, b in zip(fit.train_queries[l], blocks)]))
+                     for l in range(n_layers)]) for j in range(n_k)])
+    gen = torch.Generator().manual_seed(seed)
+    return {"kendall": gm.kendall_by_layer(icl_att, gd_att).tolist(),
+            "kendall_random": gm.kendall_by_layer(icl_att, torch.rand(icl_att.shape, generator=gen)).tolist()}
