@@ -241,8 +241,42 @@ def bench_kernel_memory(model, reference, repeats: int) -> dict:
                full_cache_kept_mib=round(res["full_cache"]["kept_bytes"] / 2**20, 1), tokens=res["full_cache"]["tokens"])
 
 
+def bench_gd_counterpart(model, reference, repeats: int) -> dict:
+    """One example's GD counterpart in Dai's setting (k=8 SGD steps on every k_proj/v_proj, loss
+    on every demo token) plus the three recorded forward passes it needs (ZS, ICL, fine-tuned
+    copy on ZS), against one plain ICL forward of the same example."""
+    from analyses.icl_vs_gd import DAI, run_side
+    from interp.finetune import GDCounterpart, demo_sequences
+    from interp.prompts import build_icl_batch
+    from interp.tasks import load_task
+
+    task = load_task("sentiment")
+    icl = build_icl_batch(model.tokenizer, task, k=8, n=1, seed=0, same_demos=True, padding_side="left")
+    zs = build_icl_batch(model.tokenizer, task, k=0, queries=icl.queries, pool=[], padding_side="left")
+    seqs, at = demo_sequences(model.tokenizer, task, icl.demos[0])
+    start = time.perf_counter()
+    gd = GDCounterpart(model)
+    copy_s = time.perf_counter() - start
+    token = int(icl.label_words.first_token_ids[0])
+
+    def counterpart():
+        gd.fit(seqs, at, DAI)
+        run_side(model, zs, append=token)
+        run_side(model, icl, append=token, rotary_q=True)
+        run_side(gd.model, zs, append=token, flat_q=True)
+
+    def plain_icl():
+        with torch.no_grad():
+            model.run(icl, logits="final")
+
+    t_gd, t_icl = side_by_side(counterpart, plain_icl, max(3, repeats // 2))
+    ratio = t_gd / t_icl
+    return row("gd_counterpart_per_example_vs_icl_forward_k8", ratio, "<= 20 (cost)", ratio <= 20, seconds_per_example=round(t_gd, 3),
+               icl_forward_s=round(t_icl, 3), one_time_copy_s=round(copy_s, 2))
+
+
 BENCHES = {"capture_overhead": bench_capture_overhead, "patching": bench_patching, "prefix_cache": bench_prefix_cache,
-           "kernel_memory": bench_kernel_memory}
+           "kernel_memory": bench_kernel_memory, "gd_counterpart": bench_gd_counterpart}
 
 
 def main(argv=None) -> int:
