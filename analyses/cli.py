@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="kv",
                    help="kv (k_proj+v_proj of every layer, Dai), wv:LAYER (one layer's W_V, Shen), all, or a regex over parameter names")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="default: sgd for kv (Dai), adam otherwise (Shen)")
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-2 for kv (Dai), 1e-3 otherwise (Shen)")
     p.add_argument("--epochs", type=int, default=None, help="default: 1 for kv (Dai), 20 otherwise (Shen)")
     p.add_argument("--batch-size", type=int, default=None, help="default 1")
     p.add_argument("--loss", choices=["label", "all"], default=None, help="default: all demo tokens for kv (Dai), label token otherwise (Shen)")

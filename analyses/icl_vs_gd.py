@@ -41,8 +41,9 @@ from interp.scoring import accuracy, minibatches
 Record = Literal["label", "final"]
 
 #: Dai et al.'s setting (k_proj + v_proj of every layer, SGD, batch 1, one epoch, LM loss on every
-#: demo token) and Shen et al.'s (W_V of one middle layer, label-token loss, Adam, many epochs).
-DAI = GDConfig(params="kv", optimizer="sgd", lr=1e-3, epochs=1, batch_size=1, loss="all")
+#: demo token; their lrs ran 1.6e-4..0.2 by task, 1e-2 moves SmolLM2's outputs without wrecking
+#: them) and Shen et al.'s (W_V of one middle layer, label-token loss, Adam, many epochs).
+DAI = GDConfig(params="kv", optimizer="sgd", lr=1e-2, epochs=1, batch_size=1, loss="all")
 
 
 def shen(layer: int, lr: float = 1e-3, epochs: int = 20) -> GDConfig:
@@ -198,42 +199,78 @@ class IclVsGdResult:
         return figs
 
 
-def icl_vs_gd(model, task="sentiment", *, k: int = 8, n: int = 100, seed: int = 0, config: GDConfig = DAI,
-              record: Record | None = None, kendall_n: int = 100, batch_size: int = 4, counterpart: GDCounterpart | None = None,
-              progress: bool = False) -> IclVsGdResult:
-    """ZS / ICL / GD on the same queries and the metrics of the module docstring.
-    ``counterpart``: a :class:`GDCounterpart` of ``model`` to reuse across calls (saves a copy)."""
+@dataclass
+class ReferenceRuns:
+    """The model's own side, shared by every GD configuration: prompts, ZS / ICL / reordered-ICL
+    runs and the demo tokens' keys and values."""
+
+    task: object
+    k: int
+    seed: int
+    record: str
+    icl_b: object
+    zs_b: object
+    re_b: object
+    perm: list[int]
+    append: int | None
+    seqs: list[list[int]]
+    predict_at: list[int]
+    zs: SideRun
+    icl: SideRun
+    reo: SideRun
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def reference_runs(model, task, *, k: int = 8, n: int = 100, seed: int = 0, record: Record | None = None, reorder_n: int = 50,
+                   batch_size: int = 4) -> ReferenceRuns:
+    """One fixed demo set (seeded), n queries: the ZS, ICL and reordered-ICL runs of ``model``."""
     from interp.tasks import load_task
 
     task = load_task(task) if isinstance(task, str) else task
     record = record or ("label" if task.kind == "classification" else "final")
     if record == "label" and task.kind != "classification":
         raise ValueError("record='label' appends the first label word, which a word task does not have: use record='final'")
-    hash_before = parameter_hash(model)
     tok = model.tokenizer
     icl_b = build_icl_batch(tok, task, k=k, n=n, seed=seed, same_demos=True, padding_side="left", max_length=model.n_ctx)
-    demos = icl_b.demos[0]
     zs_b = build_icl_batch(tok, task, k=0, queries=icl_b.queries, pool=[], seed=seed, padding_side="left")
     perm = list(range(k))
     random.Random(f"reorder:{seed}").shuffle(perm)
     re_b = build_icl_batch(tok, task, k=k, n=n, seed=seed, same_demos=True, order=perm, padding_side="left", max_length=model.n_ctx)
+    re_b = re_b.select(list(range(min(reorder_n, len(re_b)))))  # the noise floor needs fewer queries
     append = int(icl_b.label_words.first_token_ids[0]) if record == "label" else None
-
     # demo-token columns (row coordinates), each demo's block without the separators
     r0 = icl_b.rows[0]
     demo_columns = [p - r0.start for s in r0.demo_blocks for p in range(s.start, s.end)]
-    seqs, predict_at = demo_sequences(tok, task, demos)
-
-    gd = counterpart or GDCounterpart(model)
-    fit = gd.fit(seqs, predict_at, config, record_queries=True)
-    zs = run_side(model, zs_b, append=append, batch_size=batch_size)
-    icl = run_side(model, icl_b, append=append, demo_columns=demo_columns, rotary_q=True, batch_size=batch_size)
-    reo = run_side(model, re_b, append=append, batch_size=batch_size)
-    ft = run_side(gd.model, zs_b, append=append, flat_q=True, batch_size=batch_size)
+    seqs, predict_at = demo_sequences(tok, task, icl_b.demos[0])
     keys, values = demo_keys_values(model, icl_b, demo_columns)
-    gd.reset()
+    return ReferenceRuns(
+        task=task, k=k, seed=seed, record=record, icl_b=icl_b, zs_b=zs_b, re_b=re_b, perm=perm, append=append,
+        seqs=seqs, predict_at=predict_at,
+        zs=run_side(model, zs_b, append=append, batch_size=batch_size),
+        icl=run_side(model, icl_b, append=append, demo_columns=demo_columns, rotary_q=True, batch_size=batch_size),
+        reo=run_side(model, re_b, append=append, batch_size=batch_size), keys=keys, values=values,
+    )
 
-    preds = {name: _predictions(s.logprobs, zs_b) for name, s in (("zs", zs), ("icl", icl), ("gd", ft))}
+
+def icl_vs_gd(model, task="sentiment", *, k: int = 8, n: int = 100, seed: int = 0, config: GDConfig = DAI,
+              record: Record | None = None, kendall_n: int = 100, reorder_n: int = 50, batch_size: int = 4,
+              counterpart: GDCounterpart | None = None, reference: ReferenceRuns | None = None) -> IclVsGdResult:
+    """ZS / ICL / GD on the same queries and the metrics of the module docstring.  The noise
+    floor (ICL vs ICL reordered) uses the first ``reorder_n`` queries, Kendall the first
+    ``kendall_n``.  ``counterpart``: a :class:`GDCounterpart` of ``model`` to reuse across calls;
+    ``reference``: :func:`reference_runs` of the same (task, k, n, seed) to reuse across configs."""
+    hash_before = parameter_hash(model)
+    ref = reference or reference_runs(model, task, k=k, n=n, seed=seed, record=record, reorder_n=reorder_n, batch_size=batch_size)
+    if reference is not None and (ref.k, ref.seed, len(ref.icl_b)) != (k, seed, min(n, len(ref.icl_b))):
+        raise ValueError("reference was run with another k, n or seed; pass the matching reference_runs(...) or None")
+    gd = counterpart or GDCounterpart(model)
+    fit = gd.fit(ref.seqs, ref.predict_at, config, record_queries=True)
+    ft = run_side(gd.model, ref.zs_b, append=ref.append, flat_q=True, batch_size=batch_size)
+    gd.reset()
+    zs, icl, reo = ref.zs, ref.icl, ref.reo
+
+    preds = {name: _predictions(s.logprobs, ref.zs_b) for name, s in (("zs", zs), ("icl", icl), ("gd", ft))}
     per_layer = {
         "simaou": gm.simaou(icl.attn_out, zs.attn_out, ft.attn_out).tolist(),
         "simaou_random": gm.simaou_random_baseline(icl.attn_out, zs.attn_out, generator=torch.Generator().manual_seed(seed)).tolist(),
@@ -241,31 +278,33 @@ def icl_vs_gd(model, task="sentiment", *, k: int = 8, n: int = 100, seed: int = 
         "simam_zs": gm.simam(icl.query_scores, zs.query_scores).tolist(),
         "simam_update": gm.simam(icl.query_scores, ft.query_scores, zs.query_scores).tolist(),
     }
-    per_layer.update(_kendall(icl, ft, fit, seqs, demos, icl_b, min(kendall_n, len(icl_b)), seed))
+    per_layer.update(_kendall(icl, ft, fit, ref.seqs, ref.icl_b, min(kendall_n, len(ref.icl_b)), seed))
     probs = {name: s.logprobs.exp() for name, s in (("icl", icl), ("gd", ft), ("re", reo))}
+    m = len(ref.re_b)
     distributions = {
         "overlap_gd": float(gm.token_overlap(probs["icl"], probs["gd"]).mean()),
-        "overlap_reordered": float(gm.token_overlap(probs["icl"], probs["re"]).mean()),
+        "overlap_reordered": float(gm.token_overlap(probs["icl"][:m], probs["re"]).mean()),
         "ocs_gd": float(gm.overlap_cosine(probs["icl"], probs["gd"]).mean()),
-        "ocs_reordered": float(gm.overlap_cosine(probs["icl"], probs["re"]).mean()),
+        "ocs_reordered": float(gm.overlap_cosine(probs["icl"][:m], probs["re"]).mean()),
         "kl_gd": float(gm.kl_divergence(icl.logprobs, ft.logprobs).mean()),
-        "kl_reordered": float(gm.kl_divergence(icl.logprobs, reo.logprobs).mean()),
+        "kl_reordered": float(gm.kl_divergence(icl.logprobs[:m], reo.logprobs).mean()),
         "kl_zs": float(gm.kl_divergence(icl.logprobs, zs.logprobs).mean()),
-        "reorder_permutation": perm,
+        "reorder_n": m,
+        "reorder_permutation": ref.perm,
     }
     return IclVsGdResult(
-        model=model.name, task=task.name, k=k, n=len(icl_b), seed=seed, config=config.to_dict(), record=record,
+        model=model.name, task=ref.task.name, k=ref.k, n=len(ref.icl_b), seed=ref.seed, config=config.to_dict(), record=ref.record,
         accuracy={name: accuracy(c).to_dict() for name, (_, c) in preds.items()},
         rec2ftp=gm.rec2ftp(preds["zs"][1], preds["gd"][1], preds["icl"][1]),
         per_layer=per_layer, distributions=distributions,
-        dual_form=dual_form_comparison(model, icl, zs, ft, keys, values), fit_losses=fit.losses,
-        prompts={"icl_input_ids": icl_b.input_ids.tolist(), "icl_attention_mask": icl_b.attention_mask.tolist(),
-                 "zs_input_ids": zs_b.input_ids.tolist(), "train_sequences": seqs, "appended_token": append},
+        dual_form=dual_form_comparison(model, icl, zs, ft, ref.keys, ref.values), fit_losses=fit.losses,
+        prompts={"icl_input_ids": ref.icl_b.input_ids.tolist(), "icl_attention_mask": ref.icl_b.attention_mask.tolist(),
+                 "zs_input_ids": ref.zs_b.input_ids.tolist(), "train_sequences": ref.seqs, "appended_token": ref.append},
         model_hash_unchanged=parameter_hash(model) == hash_before,
     )
 
 
-def _kendall(icl: SideRun, ft: SideRun, fit, seqs, demos, icl_b, n_k: int, seed: int) -> dict:
+def _kendall(icl: SideRun, ft: SideRun, fit, seqs, icl_b, n_k: int, seed: int) -> dict:
     """Kendall τ per layer between ICL attention to demo tokens and the GD side's attention to
     the training tokens (aligned: each demo's block = the last |block| tokens of its sequence)."""
     r0 = icl_b.rows[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analyses.icl_vs_gd import icl_vs_gd
+from analyses.icl_vs_gd import ReferenceRuns, icl_vs_gd
 from analyses.kernel_report import resolve_task
 from analyses.order_sensitivity import order_sensitivity
 from analyses.report import write_run
@@ -18,20 +18,23 @@ from interp.finetune import GDConfig, GDCounterpart
 
 def paper_config(params: str, **overrides) -> GDConfig:
     """The paper's setting for ``params``: ``kv`` → Dai et al. (SGD, batch 1, one epoch, loss on
-    every demo token, lr 1e-3); anything else → Shen et al. (Adam lr 1e-3, loss on the label
+    every demo token, lr 1e-2); anything else → Shen et al. (Adam lr 1e-3, loss on the label
     token, 20 epochs).  ``overrides`` (None values ignored) replace single fields."""
-    base = dict(optimizer="sgd", lr=1e-3, epochs=1, batch_size=1, loss="all") if params == "kv" else \
+    base = dict(optimizer="sgd", lr=1e-2, epochs=1, batch_size=1, loss="all") if params == "kv" else \
         dict(optimizer="adam", lr=1e-3, epochs=20, batch_size=1, loss="label")
     base.update({k: v for k, v in overrides.items() if v is not None})
     return GDConfig(params=params, **base)
 
 
 def run_icl_vs_gd_analysis(model, task, *, k: int = 8, n: int = 100, seed: int = 0, config: GDConfig | None = None,
-                           orders: int = 0, orders_n: int = 50, record: str | None = None, out: str | Path | None = None) -> dict:
+                           orders: int = 0, orders_n: int = 50, record: str | None = None, out: str | Path | None = None,
+                           counterpart: GDCounterpart | None = None, reference: ReferenceRuns | None = None) -> dict:
+    """:func:`icl_vs_gd` (+ order sensitivity when ``orders > 0``) written to ``out``;
+    ``counterpart`` / ``reference`` are reused when given (several GD settings, one model side)."""
     task = resolve_task(task)
     config = config or paper_config("kv")
-    gd = GDCounterpart(model)
-    result = icl_vs_gd(model, task, k=k, n=n, seed=seed, config=config, record=record, counterpart=gd)
+    gd = counterpart or GDCounterpart(model)
+    result = icl_vs_gd(model, task, k=k, n=n, seed=seed, config=config, record=record, counterpart=gd, reference=reference)
     results = {"model": model.name, "engine": model.engine_name, "task": task.name, "k": k, "n": result.n, "seed": seed,
                "icl_vs_gd": result.to_dict()}
     sections = [("ICL vs its GD counterpart", result.summary(), result.figures())]

@@ -133,3 +133,14 @@ def test_icl_vs_gd_runs_the_three_sides_and_keeps_the_model(facade, toy_task):
     assert len(r.per_layer["simaou"]) == facade.n_layers
     assert len(r.dual_form["cosine_gd"]) == facade.n_layers and len(r.dual_form["cosine_gd"][0]) == facade.n_heads
     assert r.distributions["kl_reordered"] >= 0 and r.distributions["kl_gd"] >= 0
+
+
+def test_a_shared_reference_gives_the_same_result_as_a_fresh_one(facade, toy_task):
+    from analyses.icl_vs_gd import icl_vs_gd, reference_runs
+
+    cfg = GDConfig(lr=0.1, loss="all")
+    fresh = icl_vs_gd(facade, toy_task, k=3, n=5, seed=2, config=cfg)
+    ref = reference_runs(facade, toy_task, k=3, n=5, seed=2)
+    assert icl_vs_gd(facade, toy_task, k=3, n=5, seed=2, config=cfg, reference=ref).to_dict() == fresh.to_dict()
+    with pytest.raises(ValueError, match="another k, n or seed"):
+        icl_vs_gd(facade, toy_task, k=3, n=5, seed=1, config=cfg, reference=ref)
