@@ -9,7 +9,7 @@ forward of the concatenated prompt (a test checks 1e-5).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -73,3 +73,95 @@ class SharedPrefix:
             final_positions=p + final,
             prefix_len=p,
         )
+
+
+@dataclass
+class _RecordingPrefixKV(PrefixKV):
+    """A :class:`PrefixKV` that also keeps every layer's full (prefix + rows) post-RoPE keys."""
+
+    seen: dict = field(default_factory=dict)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = super().update(key_states, value_states, layer_idx)
+        self.seen[layer_idx] = k
+        return k, v
+
+
+@dataclass
+class RecordedRun:
+    """Per row, at one recorded suffix position r_b (and logits at a predicting one):
+    everything :mod:`analyses.icl_vs_gd` reads from the ICL side."""
+
+    logits: torch.Tensor  # [batch, vocab] at the predicting positions
+    attn_out: torch.Tensor  # [batch, layer, d_model]  attention-sublayer output (after o_proj)
+    z: torch.Tensor  # [batch, layer, head, d_head]  per-head output before o_proj
+    q_rot: torch.Tensor  # [batch, layer, head, d_head]  post-RoPE queries
+    scores: list[torch.Tensor]  # per row [layer, head, prefix + r_b + 1] raw q·k/√d (no mask)
+    prefix_len: int
+
+
+def _run_recorded(prefix: SharedPrefix, suffixes: list[list[int]], record_at: list[int], predict_at: list[int]) -> RecordedRun:
+    """One batch of :meth:`SharedPrefix.run_recorded`."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    r = prefix.runner
+    b, p = len(suffixes), prefix.prefix_len
+    ids, mask = pad_ids(suffixes, prefix.model.pad_token_id, "right")
+    s = ids.shape[1]
+    kv = _RecordingPrefixKV([k.expand(b, -1, -1, -1) for k in prefix.kv.keys], [v.expand(b, -1, -1, -1) for v in prefix.kv.values])
+    full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype), mask], dim=1)
+    positions = (p + torch.arange(s)).expand(b, -1)
+    rows = torch.arange(b)
+    rec = torch.tensor(record_at)
+    inputs, attn_out, z = {}, {}, {}
+    handles = []
+
+    def hooks_for(i, attn):
+        def pre(module, args, kwargs):
+            inputs[i] = (args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"])
+
+        def post(module, args, out):
+            attn_out[i] = out[0][rows, rec]
+
+        def z_pre(module, args):
+            z[i] = args[0][rows, rec]
+        return [attn.register_forward_pre_hook(pre, with_kwargs=True), attn.register_forward_hook(post),
+                attn.o_proj.register_forward_pre_hook(z_pre)]
+
+    try:
+        for i, layer in enumerate(r.layers):
+            handles += hooks_for(i, layer.self_attn)
+        logits = r.run_from(0, r.twin.model.embed_tokens(ids), full_mask, positions, prefix=kv)
+    finally:
+        for h in handles:
+            h.remove()
+    q_rot, scores = [], []
+    for i, layer in enumerate(r.layers):
+        hidden, (cos, sin) = inputs[i]
+        attn = layer.self_attn
+        q = attn.q_proj(hidden).view(b, s, -1, attn.head_dim).transpose(1, 2)
+        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+        q = q[rows, :, rec]  # [b, head, d]
+        keys = kv.seen[i].repeat_interleave(q.shape[1] // kv.seen[i].shape[1], dim=1)  # [b, head, P + s, d]
+        q_rot.append(q)
+        scores.append(torch.einsum("bhd,bhkd->bhk", q, keys) * attn.scaling)
+    sc = torch.stack(scores, 1)  # [b, layer, head, P + s]
+    return RecordedRun(
+        logits=logits[rows, torch.tensor(predict_at)], attn_out=torch.stack([attn_out[i] for i in range(len(r.layers))], 1),
+        z=torch.stack([z[i] for i in range(len(r.layers))], 1).view(b, len(r.layers), -1, r.d_head), q_rot=torch.stack(q_rot, 1),
+        scores=[sc[j, :, :, : p + record_at[j] + 1] for j in range(b)], prefix_len=p,
+    )
+
+
+def run_recorded(prefix: SharedPrefix, suffixes: Sequence[Sequence[int]], record_at: Sequence[int], predict_at: Sequence[int],
+                 batch_size: int = 16) -> RecordedRun:
+    """``prefix + suffix_b`` for every b, reusing the prefix's keys/values: logits at suffix
+    position ``predict_at[b]`` and the attention internals at ``record_at[b]`` (suffix
+    coordinates).  Equals full forwards of the concatenated prompts (a test checks 1e-4)."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(suffixes), batch_size):
+            sl = slice(i, i + batch_size)
+            outs.append(_run_recorded(prefix, [list(x) for x in suffixes[sl]], list(record_at[sl]), list(predict_at[sl])))
+    return RecordedRun(torch.cat([o.logits for o in outs]), torch.cat([o.attn_out for o in outs]), torch.cat([o.z for o in outs]),
+                       torch.cat([o.q_rot for o in outs]), [x for o in outs for x in o.scores], prefix.prefix_len)

@@ -144,3 +144,19 @@ def test_a_shared_reference_gives_the_same_result_as_a_fresh_one(facade, toy_tas
     assert icl_vs_gd(facade, toy_task, k=3, n=5, seed=2, config=cfg, reference=ref).to_dict() == fresh.to_dict()
     with pytest.raises(ValueError, match="another k, n or seed"):
         icl_vs_gd(facade, toy_task, k=3, n=5, seed=1, config=cfg, reference=ref)
+
+
+def test_prefix_cached_icl_side_equals_full_forwards(facade, toy_task):
+    from analyses.icl_vs_gd import run_side, run_side_cached
+    from interp.prompts import build_icl_batch
+
+    b = build_icl_batch(facade.tokenizer, toy_task, k=3, n=5, seed=0, same_demos=True, padding_side="left")
+    r0 = b.rows[0]
+    cols = [p - r0.start for s in r0.demo_blocks for p in range(s.start, s.end)]
+    token = int(b.label_words.first_token_ids[0])
+    full = run_side(facade, b, append=token, demo_columns=cols, rotary_q=True)
+    fast = run_side_cached(facade, b, append=token, demo_columns=cols, batch_size=2)
+    for name in ("logprobs", "attn_out", "z", "q_rot", "demo_scores"):
+        assert torch.allclose(getattr(full, name), getattr(fast, name), atol=1e-4), name
+    assert all(torch.allclose(a, c, atol=1e-4) for a, c in zip(full.query_scores, fast.query_scores))
+    assert [a.shape for a in full.query_scores] == [c.shape for c in fast.query_scores]
