@@ -22,6 +22,15 @@ from interp.prompts import build_icl_batch
 from interp.scoring import final_logprobs
 
 
+def _icl_probs(model, batch) -> torch.Tensor:
+    """Final-position next-token probabilities [n, vocab] of same-demo prompts, reusing the demo
+    prefix's keys/values when the model is a Llama-style decoder (else full forwards)."""
+    from analyses.icl_vs_gd import run_side_cached
+
+    cached = run_side_cached(model, batch, append=None)
+    return cached.logprobs.exp() if cached is not None else final_logprobs(model, batch).exp()
+
+
 def seeded_orders(k: int, n_orders: int, seed: int) -> list[list[int]]:
     """The identity followed by ``n_orders − 1`` distinct random permutations (when k! allows)."""
     rng = random.Random(f"orders:{seed}")
@@ -80,8 +89,8 @@ def order_sensitivity(model, task="sentiment", *, k: int = 8, n: int = 50, seed:
     tok = model.tokenizer
     orders = seeded_orders(k, n_orders, seed)
     base = build_icl_batch(tok, task, k=k, n=n, seed=seed, same_demos=True, padding_side="left", max_length=model.n_ctx)
-    icl = torch.stack([final_logprobs(model, build_icl_batch(tok, task, k=k, n=n, seed=seed, same_demos=True, order=o,
-                                                             padding_side="left", max_length=model.n_ctx)).exp() for o in orders])
+    icl = torch.stack([_icl_probs(model, build_icl_batch(tok, task, k=k, n=n, seed=seed, same_demos=True, order=o,
+                                                         padding_side="left", max_length=model.n_ctx)) for o in orders])
     zs_b = build_icl_batch(tok, task, k=0, queries=base.queries, pool=[], seed=seed, padding_side="left")
     seqs, predict_at = demo_sequences(tok, task, base.demos[0])
     gd = counterpart or GDCounterpart(model)
