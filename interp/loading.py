@@ -47,6 +47,12 @@ def load_model(
         raise ValueError("remote= runs through NDIF, which is the nnsight engine: pass engine='nnsight'")
 
     kind = _kind(model)
+    if kind == "hooked-module":
+        from interp.engines.hooked_module import HookedModuleEngine
+
+        if engine == "nnsight" or remote:
+            raise ValueError("the project's own HookedRootModule models run on their hook points: leave engine= and remote= at their defaults")
+        return Model(HookedModuleEngine(model), name=type(model).__name__, tokenizer=tokenizer)
     if kind == "bridge":
         from interp.engines.transformer_lens import TransformerLensEngine
 
@@ -94,6 +100,8 @@ def _kind(model) -> str:
     cls_names = {c.__name__ for c in type(model).__mro__}
     if "TransformerBridge" in cls_names:
         return "bridge"
+    if "HookedRootModule" in cls_names:
+        return "hooked-module"
     if "NNsight" in cls_names or "Envoy" in cls_names:
         return "nnsight"
     if isinstance(model, torch.nn.Module) and hasattr(model, "config"):

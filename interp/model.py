@@ -117,7 +117,7 @@ class Model:
         "final"`` returns only each row's final-position logits [batch, vocab].
         """
         input_ids, attention_mask, final = self._inputs(inputs, attention_mask)
-        batch, seq_len = input_ids.shape
+        batch, seq_len = input_ids.shape[:2]
         if seq_len > self.n_ctx:
             raise ValueError(
                 f"prompt of {seq_len} tokens is longer than the context window of {self.n_ctx}: use fewer "
@@ -177,6 +177,13 @@ class Model:
             return inputs.input_ids, inputs.attention_mask, inputs.final_positions().cpu()
         if isinstance(inputs, (str, list, tuple)) and (isinstance(inputs, str) or isinstance(inputs[0], str)):
             input_ids, attention_mask = self.encode(inputs)
+        elif isinstance(inputs, torch.Tensor) and inputs.is_floating_point():  # real-vector tokens [batch, pos, d_in]
+            input_ids = inputs if inputs.ndim == 3 else inputs.unsqueeze(0)
+            if attention_mask is None:
+                attention_mask = torch.ones(input_ids.shape[:2], dtype=torch.long)
+            if attention_mask.shape != input_ids.shape[:2]:
+                raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match inputs {tuple(input_ids.shape[:2])}")
+            return input_ids, attention_mask, final_positions(attention_mask.cpu())
         elif isinstance(inputs, torch.Tensor):
             input_ids = inputs if inputs.ndim == 2 else inputs.unsqueeze(0)
             if attention_mask is None:
