@@ -113,16 +113,12 @@ def run_side_cached(model, batch, *, append: int | None, demo_columns: list[int]
     (rotary queries, demo scores) included.  None when the rows do not share the prefix or the
     model is not a Llama-style decoder (then call :func:`run_side`)."""
     from interp.patching.runner import DecoderRunner
-    from interp.prefix_cache import SharedPrefix, run_recorded
+    from interp.prefix_cache import SharedPrefix, run_recorded, split_shared_prefix
 
-    r0 = batch.rows[0]
-    prefix = batch.input_ids[0, r0.start:r0.query_block.start].tolist()
-    suffixes = []
-    for i, r in enumerate(batch.rows):
-        real = batch.input_ids[i, r.start:r.start + r.length].tolist()
-        if real[:len(prefix)] != prefix:
-            return None
-        suffixes.append(real[len(prefix):] + ([append] if append is not None else []))
+    split = split_shared_prefix(batch, append)
+    if split is None:
+        return None
+    prefix, suffixes = split
     try:
         runner = runner or DecoderRunner(model.hf_model)
     except NotImplementedError:

@@ -25,10 +25,16 @@ from interp.scoring import final_logprobs
 def _icl_probs(model, batch) -> torch.Tensor:
     """Final-position next-token probabilities [n, vocab] of same-demo prompts, reusing the demo
     prefix's keys/values when the model is a Llama-style decoder (else full forwards)."""
-    from analyses.icl_vs_gd import run_side_cached
+    from interp.prefix_cache import SharedPrefix, split_shared_prefix
 
-    cached = run_side_cached(model, batch, append=None)
-    return cached.logprobs.exp() if cached is not None else final_logprobs(model, batch).exp()
+    split = split_shared_prefix(batch)
+    if split is not None:
+        try:
+            logits = SharedPrefix(model, split[0]).run(split[1], patterns=False).logits
+            return torch.softmax(logits.float(), -1).cpu()
+        except NotImplementedError:  # not a Llama-style decoder
+            pass
+    return final_logprobs(model, batch).exp()
 
 
 def seeded_orders(k: int, n_orders: int, seed: int) -> list[list[int]]:

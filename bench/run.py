@@ -163,21 +163,15 @@ def bench_patching(model, reference, repeats: int) -> list[dict]:
 def bench_prefix_cache(model, reference, repeats: int) -> dict:
     """One fixed set of k=16 sentiment demos, 32 queries: final-position attention rows of every
     head + logits by full forwards of each prompt vs reusing the demo prefix's key/value cache."""
-    from interp.prefix_cache import SharedPrefix
+    from interp.prefix_cache import SharedPrefix, split_shared_prefix
     from interp.prompts import build_icl_batch
     from interp.tasks import load_task
 
     task = load_task("sentiment")
     batch = build_icl_batch(model.tokenizer, task, k=16, n=32, seed=0, same_demos=True, padding_side="left")
-    first = batch.rows[0]
-    start = first.demo_blocks[0].start
-    end = first.query_block.start
-    ids0 = batch.input_ids[0]
-    prefix = ids0[start:end].tolist()
-    suffixes = [batch.input_ids[i][batch.rows[i].query_block.start:batch.rows[i].final + 1].tolist() for i in range(len(batch))]
-    for i in range(len(batch)):  # every row really is prefix + its own suffix
-        real = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
-        assert real == prefix + suffixes[i]
+    split = split_shared_prefix(batch)
+    assert split is not None  # every row really is prefix + its own suffix
+    prefix, suffixes = split
     caps = [Capture("attn.hook_pattern", positions="final")]
 
     def full():

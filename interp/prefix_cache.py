@@ -26,6 +26,21 @@ class PrefixRun:
     prefix_len: int
 
 
+def split_shared_prefix(batch, append: int | None = None) -> tuple[list[int], list[list[int]]] | None:
+    """(prefix, suffixes) of an IclBatch whose rows share their demos (``same_demos=True``): the
+    prefix is row 0's tokens before the query block, each suffix the rest of its row (plus
+    ``append`` when given).  None when some row does not start with that prefix."""
+    r0 = batch.rows[0]
+    prefix = batch.input_ids[0, r0.start:r0.query_block.start].tolist()
+    suffixes = []
+    for i, r in enumerate(batch.rows):
+        real = batch.input_ids[i, r.start:r.start + r.length].tolist()
+        if real[:len(prefix)] != prefix:
+            return None
+        suffixes.append(real[len(prefix):] + ([append] if append is not None else []))
+    return prefix, suffixes
+
+
 class SharedPrefix:
     """The cached prefix; call :meth:`run` with any number of suffixes."""
 
@@ -46,14 +61,21 @@ class SharedPrefix:
             pats = torch.cat([torch.nn.functional.pad(o.patterns, (0, width - o.patterns.shape[-1])) for o in outs], dim=1)
         return PrefixRun(torch.cat([o.logits for o in outs]), pats, torch.cat([o.final_positions for o in outs]), self.prefix_len)
 
+    def suffix_batch(self, suffixes: list[list[int]], kv_type: type = PrefixKV):
+        """Right-padded suffixes and what a run of them after the prefix needs: (ids, mask over
+        the suffix, prefix key/values expanded to the batch, mask over prefix + suffix,
+        absolute positions)."""
+        b, p = len(suffixes), self.prefix_len
+        ids, mask = pad_ids(suffixes, self.model.pad_token_id, "right")
+        kv = kv_type([k.expand(b, -1, -1, -1) for k in self.kv.keys], [v.expand(b, -1, -1, -1) for v in self.kv.values])
+        full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype), mask], dim=1)
+        positions = (p + torch.arange(ids.shape[1])).expand(b, -1)
+        return ids, mask, kv, full_mask, positions
+
     def _run(self, suffixes: list[list[int]], patterns: bool) -> PrefixRun:
         r = self.runner
         b, p = len(suffixes), self.prefix_len
-        ids, mask = pad_ids(suffixes, self.model.pad_token_id, "right")
-        s = ids.shape[1]
-        kv = PrefixKV([k.expand(b, -1, -1, -1) for k in self.kv.keys], [v.expand(b, -1, -1, -1) for v in self.kv.values])
-        full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype), mask], dim=1)
-        positions = (p + torch.arange(s)).expand(b, -1)
+        ids, mask, kv, full_mask, positions = self.suffix_batch(suffixes)
         final = mask.sum(-1) - 1  # in suffix coordinates
         hidden = r.twin.model.embed_tokens(ids)
         rows = []
@@ -101,16 +123,13 @@ class RecordedRun:
 
 
 def _run_recorded(prefix: SharedPrefix, suffixes: list[list[int]], record_at: list[int], predict_at: list[int]) -> RecordedRun:
-    """One batch of :meth:`SharedPrefix.run_recorded`."""
+    """One batch of :func:`run_recorded`."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     r = prefix.runner
     b, p = len(suffixes), prefix.prefix_len
-    ids, mask = pad_ids(suffixes, prefix.model.pad_token_id, "right")
+    ids, _, kv, full_mask, positions = prefix.suffix_batch(suffixes, _RecordingPrefixKV)
     s = ids.shape[1]
-    kv = _RecordingPrefixKV([k.expand(b, -1, -1, -1) for k in prefix.kv.keys], [v.expand(b, -1, -1, -1) for v in prefix.kv.values])
-    full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype), mask], dim=1)
-    positions = (p + torch.arange(s)).expand(b, -1)
     rows = torch.arange(b)
     rec = torch.tensor(record_at)
     inputs, attn_out, z = {}, {}, {}
