@@ -4,6 +4,8 @@
     icl-interp accuracy --task present-past --k 0 1 2 4 8 --n 100
     icl-interp kernel --task sentiment --k 4 --n 100 --seed 0 --out out/kernel
     icl-interp icl-vs-gd --task sentiment --k 8 --n 100 --params kv --out out/icl-vs-gd
+    icl-interp linreg train --model lsa --d 10 --n-points 11 --steps 1000 --out out/linreg/lsa
+    icl-interp linreg analyze --checkpoint lsa-d10-n10 --out out/linreg/lsa-analysis
     icl-interp demo                                  the main job on the embedded model
 """
 from __future__ import annotations
@@ -89,6 +91,31 @@ def cmd_icl_vs_gd(args) -> int:
     return 0
 
 
+def cmd_linreg(args) -> int:
+    import torch
+
+    from analyses.linreg_report import run_linreg_analysis, run_linreg_train
+    from interp.linreg.train import TrainConfig
+
+    torch.set_num_threads(args.threads)  # always pinned: training is bit-reproducible per seed and thread count
+    if args.action == "train":
+        fields = ("model", "d", "n_points", "n_layers", "n_heads", "d_model", "steps", "batch_size", "lr", "warmup_steps",
+                  "schedule", "x_dist", "x_range", "noise_std", "seed", "eval_tasks", "eval_every")
+        config = TrainConfig(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
+        metrics = run_linreg_train(config, args.out, progress=not args.quiet, command=" ".join(["icl-interp", *sys.argv[1:]]))
+        print(f"query loss {metrics['final']['query_loss']:.4g} (one GD step {metrics['baselines']['gd_query_loss']:.4g}) "
+              f"in {metrics['train_seconds']:.1f} s; wrote {args.out}/model.safetensors, results.json, report.html")
+        return 0
+    parts = [p for p in args.parts.split(",") if p]
+    results = run_linreg_analysis(args.checkpoint, args.out, parts=parts, n_tasks=args.n_tasks, seed=args.seed or 0)
+    if "trained_vs_gd" in results:
+        r = results["trained_vs_gd"]
+        print(f"loss ratio to one GD step {r['loss_ratio']:.4f}; η {r['eta_effective']:.4g} vs line search {r['gd_eta']:.4g}; "
+              f"sensitivity cosine {r['sensitivity_cos']:.4f}")
+    print(f"wrote {args.out}/results.json and {args.out}/report.html")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from analyses.demo import run_demo
 
@@ -152,6 +179,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders-n", type=int, default=50, help="queries for the order sensitivity")
     p.add_argument("--out", default="out/icl-vs-gd")
     p.set_defaults(func=cmd_icl_vs_gd)
+
+    p = sub.add_parser("linreg", help="the linear-regression lab: train small in-context regressors, compare with GD, probe them")
+    p.add_argument("action", choices=["train", "analyze"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (pinned; default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", default="out/linreg")
+    g = p.add_argument_group("train")
+    g.add_argument("--model", choices=["lsa", "gpt"], default=None, help="lsa: von Oswald's linear self-attention; gpt: Garg's softmax GPT")
+    g.add_argument("--d", type=int, default=None)
+    g.add_argument("--n-points", type=int, default=None, help="context points + the query (von Oswald's N=10 is 11)")
+    for name, typ in (("n-layers", int), ("n-heads", int), ("d-model", int), ("steps", int), ("batch-size", int), ("lr", float),
+                      ("warmup-steps", int), ("x-range", float), ("noise-std", float), ("seed", int), ("eval-tasks", int), ("eval-every", int)):
+        g.add_argument(f"--{name}", type=typ, default=None)
+    g.add_argument("--schedule", choices=["constant", "cosine"], default=None)
+    g.add_argument("--x-dist", choices=["normal", "uniform"], default=None)
+    g = p.add_argument_group("analyze")
+    g.add_argument("--checkpoint", default="lsa-d10-n10", help="a shipped checkpoint (lsa-d10-n10, gpt-d5-n20) or a folder from `linreg train`")
+    g.add_argument("--parts", default="gd,algorithms,probes,kernel", help="comma-separated subset of gd,algorithms,probes,kernel")
+    g.add_argument("--n-tasks", type=int, default=2048)
+    p.set_defaults(func=cmd_linreg)
 
     p = sub.add_parser("demo", help="the main job on the embedded model")
     _common(p)

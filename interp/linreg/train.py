@@ -198,6 +198,7 @@ def train(config: TrainConfig, progress: bool = False) -> tuple[LinearSelfAttent
                 steps.set_postfix(loss=f"{curve[-1]['eval_loss']:.4f}")
     seconds = time.perf_counter() - start
     model.eval()
+    model.train_config = config
     metrics = {
         "final": evaluate(model, eval_batch),
         "curve": curve,
@@ -237,6 +238,7 @@ def load_checkpoint(directory) -> tuple[LinearSelfAttention | SoftmaxGPT, TrainC
     model = build_model(cfg["model"])
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     config = None if cfg.get("train") is None else TrainConfig.from_dict(cfg["train"])
+    model.train_config = config  # the training distribution, read by the analyses' defaults
     metrics_path = path / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return model.eval(), config, metrics

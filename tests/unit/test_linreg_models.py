@@ -12,12 +12,7 @@ from interp.linreg.models import GPTConfig, LinearSelfAttention, LSAConfig, Soft
 from interp.linreg.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(x, y, w=None) -> RegressionBatch:
