@@ -6,7 +6,13 @@
     icl-interp icl-vs-gd --task sentiment --k 8 --n 100 --params kv --out out/icl-vs-gd
     icl-interp linreg train --model lsa --d 10 --n-points 11 --steps 1000 --out out/linreg/lsa
     icl-interp linreg analyze --checkpoint lsa-d10-n10 --out out/linreg/lsa-analysis
+    icl-interp heads --task sentiment --k 4 --n 8 --out out/heads    every per-head score side by side
     icl-interp demo                                  the main job on the embedded model
+
+The commands that load a language model take ``--device cuda`` (default cpu) and ``--remote``
+(a Hugging Face hub id run through nnsight on NDIF, e.g. ``--model meta-llama/Llama-3.1-8B --remote``).
+``linreg analyze --out DIR`` saves each finished part under DIR/parts/; run again with the same
+arguments after a crash or kill, it loads them instead of recomputing (:mod:`analyses.resumable`).
 """
 from __future__ import annotations
 
@@ -18,9 +24,41 @@ from pathlib import Path
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder or Hugging Face id")
-    p.add_argument("--engine", default="transformer-lens", choices=["transformer-lens", "nnsight"])
+    p.add_argument("--engine", default=None, choices=["transformer-lens", "nnsight"],
+                   help="default transformer-lens; nnsight with --remote")
+    p.add_argument("--device", default=None, help="torch device for the model: cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--remote", action="store_true",
+                   help="run through nnsight on NDIF (--model must be a Hugging Face hub model id; implies --engine nnsight)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (pin for bit-reproducible runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _placement(parser: argparse.ArgumentParser, args) -> None:
+    """Check and resolve ``--engine``/``--device``/``--remote`` of the commands that load a language model."""
+    if not hasattr(args, "remote"):
+        return
+    if args.command == "verify" and (args.remote or args.device not in (None, "cpu")):
+        parser.error("verify compares both engines on a local CPU model: --remote and --device are not supported there")
+    if args.remote:
+        from interp.embedded import EMBEDDED_MODELS
+
+        if args.engine == "transformer-lens":
+            parser.error("--remote runs through nnsight on NDIF: use --engine nnsight (or leave --engine out)")
+        if args.device is not None:
+            parser.error("--device places a local model; with --remote the model runs on NDIF's machines")
+        if args.model in EMBEDDED_MODELS or Path(args.model).exists():
+            parser.error(f"--remote needs a Hugging Face hub model id that NDIF serves (e.g. meta-llama/Llama-3.1-8B), "
+                         f"not the embedded or local model {args.model!r}")
+    args.engine = args.engine or ("nnsight" if args.remote else "transformer-lens")
+    if args.device is not None:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as err:
+            parser.error(f"--device {args.device!r}: {err}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: this torch sees no CUDA device (torch {torch.__version__})")
 
 
 def _setup(args) -> None:
@@ -49,7 +87,7 @@ def cmd_accuracy(args) -> int:
     from interp import load_model
 
     _setup(args)
-    model = load_model(args.model, engine=args.engine)
+    model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
     result = icl_accuracy_vs_k(model, args.task, ks=args.k, n=args.n, seeds=args.seed, progress=not args.quiet)
     print(result.summary())
     if args.out:
@@ -64,7 +102,7 @@ def cmd_kernel(args) -> int:
     from interp import load_model
 
     _setup(args)
-    model = load_model(args.model, engine=args.engine)
+    model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
     results = run_kernel_analysis(model, args.task, k=args.k, n=args.n, seed=args.seed, out=args.out,
                                   parts=args.parts.split(","), similarity_n=args.similarity_n, probes_n=args.probes_n,
                                   anchors_n=args.anchors_n)
@@ -82,7 +120,7 @@ def cmd_icl_vs_gd(args) -> int:
     _setup(args)
     config = paper_config(args.params, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                           loss=args.loss, layer_causal=args.layer_causal or None)
-    model = load_model(args.model, engine=args.engine)
+    model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
     results = run_icl_vs_gd_analysis(model, args.task, k=args.k, n=args.n, seed=args.seed, config=config, orders=args.orders,
                                      orders_n=args.orders_n, record=args.record, out=args.out)
     acc = results["icl_vs_gd"]["accuracy"]
@@ -107,7 +145,8 @@ def cmd_linreg(args) -> int:
               f"in {metrics['train_seconds']:.1f} s; wrote {args.out}/model.safetensors, results.json, report.html")
         return 0
     parts = [p for p in args.parts.split(",") if p]
-    results = run_linreg_analysis(args.checkpoint, args.out, parts=parts, n_tasks=args.n_tasks, seed=args.seed or 0)
+    results = run_linreg_analysis(args.checkpoint, args.out, parts=parts, n_tasks=args.n_tasks, seed=args.seed or 0,
+                                  progress=not args.quiet)
     if "trained_vs_gd" in results:
         r = results["trained_vs_gd"]
         print(f"loss ratio to one GD step {r['loss_ratio']:.4f}; η {r['eta_effective']:.4g} vs line search {r['gd_eta']:.4g}; "
@@ -116,11 +155,27 @@ def cmd_linreg(args) -> int:
     return 0
 
 
+def cmd_heads(args) -> int:
+    from analyses.heads_report import parse_scores, run_heads_report
+    from interp import load_model
+
+    _setup(args)
+    scores = parse_scores(args.scores)  # a bad name fails before the model loads
+    model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
+    result = run_heads_report(model, args.task, out=args.out, k=args.k, n=args.n, seed=args.seed, scores=scores,
+                              patch_positions=args.patch_positions, progress=not args.quiet)
+    print(result.summary())
+    print("wall time (s): " + ", ".join(f"{name} {s:.1f}" for name, s in result.seconds.items()))
+    print(f"wrote {args.out}/results.json and {args.out}/report.html")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from analyses.demo import run_demo
 
     _setup(args)
-    run_demo(model_name=args.model, engine=args.engine, out=Path(args.out), n=args.n, progress=not args.quiet)
+    run_demo(model_name=args.model, engine=args.engine, out=Path(args.out), n=args.n, progress=not args.quiet,
+             device=args.device, remote=args.remote)
     return 0
 
 
@@ -200,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-tasks", type=int, default=2048)
     p.set_defaults(func=cmd_linreg)
 
+    p = sub.add_parser("heads", help="every per-head score side by side: kernel agreement, patching, AIE, induction, dual form")
+    _common(p)
+    p.add_argument("--task", default="sentiment", help="as for kernel")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scores", default="default",
+                   help="comma-separated subset of kernel,exact_patching,attribution_patching,aie,induction,previous_token,dual_form,"
+                        "dual_form_gd (default: all; dual_form_gd fine-tunes a copy of the model on the demos)")
+    p.add_argument("--patch-positions", choices=["final", "all"], default="final",
+                   help="positions where the head patching replaces z (all: ~20x slower)")
+    p.add_argument("--out", default="out/heads")
+    p.set_defaults(func=cmd_heads)
+
     p = sub.add_parser("demo", help="the main job on the embedded model")
     _common(p)
     p.add_argument("--n", type=int, default=40, help="queries per task")
@@ -209,8 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _placement(parser, args)
+    try:
+        return args.func(args)
+    except OSError as err:  # connection errors are OSErrors
+        if not getattr(args, "remote", False):
+            raise
+        print(f"icl-interp: --remote run of {args.model} failed: {err}\n--remote needs network access to huggingface.co "
+              "(the model's config) and to NDIF, with an API key in $NDIF_API_KEY", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

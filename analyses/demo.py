@@ -18,9 +18,11 @@ DEMO_KS = (0, 1, 2, 4, 8)
 
 
 def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens", out: Path = Path("out/demo"), n: int = 40,
-             seed: int = 0, progress: bool = True) -> dict:
+             seed: int = 0, progress: bool = True, device: str | None = None, remote: bool = False) -> dict:
+    """``device`` places the model (cpu by default, cuda, ...); ``remote`` runs a hub model through
+    nnsight on NDIF (``engine="nnsight"``); both go to :func:`interp.load_model`."""
     start = time.time()
-    model = load_model(model_name, engine=engine)
+    model = load_model(model_name, engine=engine, device=device, remote=remote)
     results = {}
     for task in DEMO_TASKS:
         results[task] = icl_accuracy_vs_k(model, task, ks=DEMO_KS, n=n, seeds=(seed,), progress=progress)

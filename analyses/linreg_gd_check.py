@@ -16,6 +16,7 @@ s = (1/N) Σ_i y_i x_iᵀ x_q:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -117,6 +118,10 @@ def trained_vs_gd(model, *, n_tasks: int = 10_000, seed: int = 5, x_dist: Litera
     """
     module = _module(model)
     train_cfg = getattr(module, "train_config", None)
+    if train_cfg is None and x_dist is None:
+        warnings.warn("the model carries no training config (not a checkpoint or train() output): tasks use x ~ N(0, I); "
+                      "pass x_dist= / x_range= for the distribution its weights were made for (von Oswald's: 'uniform', 0.5)",
+                      stacklevel=2)
     x_dist = x_dist or (train_cfg.x_dist if train_cfg is not None else "normal")
     x_range = x_range if x_range is not None else (train_cfg.x_range if train_cfg is not None else 1.0)
     n_points = n_points or module.cfg.n_points

@@ -8,6 +8,9 @@
   (:mod:`analyses.linreg_gd_check`), which algorithm (:mod:`analyses.linreg_algorithms`), implicit
   weights and GD steps per layer (:mod:`analyses.linreg_probes`) and, for the softmax GPT, attention
   as a kernel (:mod:`analyses.linreg_kernel`) — and writes ``results.json`` and ``report.html``.
+  With ``out``, each part is saved under ``out/parts/`` as it finishes (:mod:`analyses.resumable`):
+  a killed run started again with the same arguments loads the finished parts instead of
+  recomputing them; ``results["resumed_parts"]`` says which parts were loaded and which computed.
 """
 from __future__ import annotations
 
@@ -61,12 +64,31 @@ def _load(checkpoint):
     return load_checkpoint(checkpoint)[0], str(checkpoint)
 
 
+def _weights_sha256(model) -> str:
+    """A digest of a model's weights: a resumed run must be on the same model (a plain predict
+    function, allowed in ``depth_models``, is named by its qualified name instead)."""
+    import hashlib
+
+    import torch
+
+    if not hasattr(model, "state_dict"):
+        return f"function {getattr(model, '__qualname__', type(model).__name__)}"
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Sequence[str] = PARTS, n_tasks: int = 2048,
-                        seed: int = 0, k_values: Sequence[int] | None = None, depth_models: dict | None = None) -> dict:
+                        seed: int = 0, k_values: Sequence[int] | None = None, depth_models: dict | None = None,
+                        progress: bool = False) -> dict:
     """The lab's analyses on ``checkpoint`` (a shipped name, a checkpoint folder, or a model).
 
     ``k_values`` (context sizes for the which-algorithm curves) default to 1 … N;
     ``depth_models`` (name → model) adds models of other depths to the which-algorithm comparison.
+    With ``out``, finished parts are saved under ``out/parts/`` and reused by a restarted run with
+    the same arguments (a run with other arguments into the same ``out`` raises ``ValueError``).
     """
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -75,10 +97,20 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
     cfg = model.cfg
     results: dict = {"checkpoint": name, "model": cfg.to_dict(), "n_tasks": n_tasks, "seed": seed}
     sections = []
+    run = None
+    if out is not None:
+        from analyses.resumable import ResumableRun
+
+        run = ResumableRun(out, {"checkpoint": name, "model": cfg.to_dict(), "weights_sha256": _weights_sha256(model),
+                                 "n_tasks": n_tasks, "seed": seed, "k_values": list(k_values) if k_values else None,
+                                 "depth_models": {k: _weights_sha256(m) for k, m in (depth_models or {}).items()}},
+                           progress=progress)
+    part = run.part if run else (lambda _name, compute: compute())
     if "gd" in parts:
         from analyses.linreg_gd_check import trained_vs_gd
 
-        r = trained_vs_gd(model, n_tasks=max(n_tasks, 10_000) if cfg.kind == "lsa" else n_tasks, seed=5 if cfg.kind == "lsa" else seed)
+        r = part("gd", lambda: trained_vs_gd(model, n_tasks=max(n_tasks, 10_000) if cfg.kind == "lsa" else n_tasks,
+                                             seed=5 if cfg.kind == "lsa" else seed))
         results["trained_vs_gd"] = r.to_dict()
         sections.append(("Trained model vs one GD step", (
             f"loss: trained {r.loss['trained']:.4g}, one GD step {r.loss['gd']:.4g} (ratio {r.loss_ratio:.4f}), OLS {r.loss['ols']:.3g}, "
@@ -92,15 +124,15 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
         ks = list(k_values) if k_values else list(range(1, n_ctx + 1))
         models = {f"{cfg.kind} ({cfg.n_layers} layer{'s' * (cfg.n_layers > 1)})": model, **(depth_models or {})}
         tc = getattr(model, "train_config", None)
-        r = which_algorithm(models, cfg.d, ks, n_tasks=n_tasks, seed=seed, x_dist=tc.x_dist if tc else "normal",
-                            x_range=tc.x_range if tc else 1.0)
+        r = part("algorithms", lambda: which_algorithm(models, cfg.d, ks, n_tasks=n_tasks, seed=seed,
+                                                       x_dist=tc.x_dist if tc else "normal", x_range=tc.x_range if tc else 1.0))
         results["which_algorithm"] = r.to_dict()
         sections.append(("Which learning algorithm? (Akyürek et al.; Garg et al.)", _best_match_text(r), r.figures()))
     if "probes" in parts:
         from analyses.linreg_probes import gd_steps_matched, implicit_weight_probes
 
-        p = implicit_weight_probes(model, cfg.d, n_tasks=n_tasks, seed=seed)
-        s = gd_steps_matched(model, cfg.d, n_tasks=n_tasks, seed=seed)
+        p, s = part("probes", lambda: (implicit_weight_probes(model, cfg.d, n_tasks=n_tasks, seed=seed),
+                                       gd_steps_matched(model, cfg.d, n_tasks=n_tasks, seed=seed)))
         results["implicit_weights"] = p.to_dict()
         results["gd_steps_matched"] = s.to_dict()
         last = p.layer_names[-1]
@@ -111,7 +143,7 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
     if "kernel" in parts and cfg.kind == "gpt":
         from analyses.linreg_kernel import attention_kernel
 
-        r = attention_kernel(model, n_tasks=n_tasks, seed=seed)
+        r = part("kernel", lambda: attention_kernel(model, n_tasks=n_tasks, seed=seed))
         results["attention_kernel"] = r.to_dict()
         l, h = r.best_head
         sections.append(("Attention as a kernel over the context x-tokens", (
@@ -119,6 +151,8 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
             f"error (ŷ−y)²/d: model {r.error['model']:.4g}, Nadaraya–Watson with that kernel {r.error['nadaraya_watson']:.4g}, "
             f"attention vote {r.error['attention_vote']:.4g}\nagreement with the model (Pearson r): NW {r.agreement['nadaraya_watson']:.3f}, "
             f"vote {r.agreement['attention_vote']:.3f}"), r.figures()))
+    if run is not None:
+        results["resumed_parts"] = run.summary()
     write_run(out, results, f"Linear-regression lab: {name}", sections)
     return results
 

@@ -1,0 +1,128 @@
+"""Resumable runs: the parts of a long run are saved as they finish, so a run that is killed
+(``kill -9``, a lost node, a full disk) and started again with the same arguments picks up where it
+stopped instead of recomputing what was already done.
+
+Layout, under the run's output folder ``OUT``::
+
+    OUT/parts/args.json        the arguments of the run (JSON); a restart must pass the same ones
+    OUT/parts/{name}.pkl       the pickled result of each finished part
+    OUT/results.json           written at the end, as before (``report.write_json_atomic``)
+
+Usage::
+
+    run = ResumableRun(out, {"checkpoint": name, "n_tasks": n_tasks, "seed": seed})
+    r = run.part("gd", lambda: trained_vs_gd(model, n_tasks=n_tasks, seed=seed))
+    results["resumed_parts"] = run.summary()   # {"loaded": [...], "computed": [...]}
+
+What a part returns is pickled as it is (the analyses' result dataclasses), so a loaded part is the
+same object a fresh one would be: ``to_dict()`` and ``figures()`` work after a resume.  Every file is
+written to a temporary file in the same folder and renamed over the target (``os.replace``), so a
+kill at any moment leaves either the old file, the new one, or none — never half of one; a stray
+temporary file (``.{name}.pkl-*``) from a killed write is ignored and removed on the next start.
+
+``args`` must identify everything the parts depend on (model, data sizes, seeds ...).  If
+``OUT/parts/args.json`` exists with different arguments, :class:`ResumableRun` raises
+``ValueError`` rather than mixing results of two runs: pick a new output folder or delete the old.
+Saved parts are keyed by the arguments, not by the code: after changing an analysis, delete
+``OUT/parts`` (or use a new folder) to recompute it.  A run that completed is also reloaded whole
+when started again into the same folder.
+
+Testing aid: with the environment variable ``ICL_INTERP_PART_DELAY`` set to a number of seconds, the
+run sleeps that long after saving each computed part, which gives a test a deterministic window to
+kill the process between parts (``tests/unit/test_kill_resume.py``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+PART_DELAY_ENV = "ICL_INTERP_PART_DELAY"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResumableRun:
+    """Parts of one run saved as they finish under ``OUT/parts/``; a restarted run with the same
+    arguments loads them instead of recomputing.
+
+    ``loaded`` and ``computed`` list the parts loaded from disk and computed in this invocation.
+    """
+
+    def __init__(self, out: str | os.PathLike, args: dict, *, progress: bool = False):
+        self.dir = Path(out) / "parts"
+        self.args = json.loads(json.dumps(args))  # as it reads back from disk (tuples → lists ...)
+        self.progress = progress
+        self.loaded: list[str] = []
+        self.computed: list[str] = []
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stray in self.dir.glob(".*.pkl-*"):  # temporary files of a write that was killed
+            stray.unlink(missing_ok=True)
+        args_file = self.dir / "args.json"
+        if args_file.exists():
+            saved = json.loads(args_file.read_text())
+            if saved != self.args:
+                changed = sorted(k for k in saved.keys() | self.args.keys() if saved.get(k) != self.args.get(k))
+                raise ValueError(
+                    f"{Path(out)} holds the saved parts of a run with different arguments (differing: {', '.join(changed)}); "
+                    f"pick a new --out folder, or delete {self.dir} to start this run afresh")
+        else:
+            _write_atomic(args_file, json.dumps(self.args, indent=2).encode())
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.pkl"
+
+    def part(self, name: str, compute: Callable[[], T]) -> T:
+        """The result of part ``name``: loaded from ``OUT/parts/{name}.pkl`` when a previous
+        invocation finished it, else ``compute()``, saved atomically before it is returned."""
+        path = self.path(name)
+        if path.exists():
+            try:
+                with open(path, "rb") as fh:
+                    value = pickle.load(fh)
+            except Exception as err:  # e.g. the result class changed since it was saved
+                warnings.warn(f"could not load the saved part {path} ({err!r}); computing it again", stacklevel=2)
+            else:
+                self.loaded.append(name)
+                self._say(f"part {name}: loaded from {path}")
+                return value
+        self._say(f"part {name}: computing")
+        value = compute()
+        _write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        self.computed.append(name)
+        self._say(f"part {name}: saved to {path}")
+        delay = float(os.environ.get(PART_DELAY_ENV) or 0)
+        if delay > 0:
+            time.sleep(delay)
+        return value
+
+    def summary(self) -> dict:
+        """``{"loaded": [...], "computed": [...]}``: the parts of this invocation, for results.json."""
+        return {"loaded": list(self.loaded), "computed": list(self.computed)}
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(text, file=sys.stderr, flush=True)
