@@ -175,7 +175,7 @@ def cmd_demo(args) -> int:
 
     _setup(args)
     run_demo(model_name=args.model, engine=args.engine, out=Path(args.out), n=args.n, progress=not args.quiet,
-             device=args.device, remote=args.remote)
+             device=args.device, remote=args.remote, parts=[p for p in args.parts.split(",") if p])
     return 0
 
 
@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded model")
     _common(p)
-    p.add_argument("--n", type=int, default=40, help="queries per task")
+    p.add_argument("--n", type=int, default=24, help="queries per task for the accuracy curve (other parts use n/3)")
+    p.add_argument("--parts", default="accuracy,kernel,icl_vs_gd,heads,linreg", help="comma-separated subset of the demo's parts")
     p.add_argument("--out", default="out/demo")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -1,40 +1,164 @@
-"""The main job on the embedded model: what ``make demo`` runs.
+"""The main job on the embedded model: what ``make demo`` / ``icl-interp demo`` runs.
 
-Now: ICL accuracy against k on bundled tasks (two word tasks and the sentiment task), printed as
-a table and written to ``out/demo/results.json`` and ``out/demo/report.html``.  Later analyses
-(kernel regression, ICL vs GD, head attribution, the linear-regression lab) join it.
+Every analysis of the toolkit once, small enough for a 2-core CPU in a few minutes, with no
+network, each part calling the same function as its own CLI command and notebook:
+
+1. ``accuracy``  ICL accuracy against k on two bundled tasks (:mod:`analyses.icl_accuracy`);
+2. ``kernel``    the attention-as-kernel reconstruction head map and the best head chosen on a
+   selection split, scored on held-out queries (Han et al.; :mod:`analyses.kernel_regression`);
+3. ``icl_vs_gd`` ICL against its GD counterpart in Dai et al.'s setting (k/v of every layer, SGD)
+   and Shen et al.'s (W_V of the middle layer, Adam; fewer epochs than the paper's 20 here), and
+   the order sensitivity of ICL vs GD (:mod:`analyses.icl_vs_gd`, :mod:`analyses.order_sensitivity`);
+4. ``heads``     the head-attribution ranking: kernel agreement, exact and attribution patching,
+   induction / previous-token and dual-form scores side by side (:mod:`analyses.heads_report`);
+5. ``linreg``    the linear-regression lab's GD check on its shipped checkpoints
+   (:mod:`analyses.linreg_gd_check`, :mod:`analyses.linreg_algorithms`).
+
+Parts are saved under ``out/parts/`` as they finish (:class:`analyses.resumable.ResumableRun`):
+a killed demo started again with the same arguments resumes.  ``out/results.json`` (atomic) holds
+every number shown in ``out/report.html``.  The sizes below (n queries per part) are the demo's,
+far below what a claim needs; the sweeps in ``examples/sweeps/`` run the real sizes.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
-from analyses.icl_accuracy import icl_accuracy_vs_k
-from analyses.report import write_json_atomic, write_report
-from interp import load_model
+from analyses.report import write_run
+from analyses.resumable import ResumableRun
 
-DEMO_TASKS = ("present-past", "country-capital", "sentiment")
+DEMO_TASKS = ("country-capital", "sentiment")
 DEMO_KS = (0, 1, 2, 4, 8)
+PARTS = ("accuracy", "kernel", "icl_vs_gd", "heads", "linreg")
+HEAD_SCORES = ("kernel", "exact_patching", "attribution_patching", "induction", "previous_token", "dual_form")
 
 
-def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens", out: Path = Path("out/demo"), n: int = 40,
-             seed: int = 0, progress: bool = True, device: str | None = None, remote: bool = False) -> dict:
-    """``device`` places the model (cpu by default, cuda, ...); ``remote`` runs a hub model through
-    nnsight on NDIF (``engine="nnsight"``); both go to :func:`interp.load_model`."""
+def _timed(seconds: dict, name: str, fn):
+    def run():
+        t = time.perf_counter()
+        out = fn()
+        seconds[name] = round(time.perf_counter() - t, 1)
+        return out
+    return run
+
+
+def _accuracy(model, n, seed, progress):
+    from analyses.icl_accuracy import icl_accuracy_vs_k
+
+    return {t: icl_accuracy_vs_k(model, t, ks=DEMO_KS, n=n, seeds=(seed,), progress=progress) for t in DEMO_TASKS}
+
+
+def _icl_vs_gd(model, n, seed, progress):
+    from analyses.icl_vs_gd import DAI, icl_vs_gd, reference_runs
+    from analyses.icl_vs_gd_report import paper_config
+    from analyses.order_sensitivity import order_sensitivity
+    from interp.finetune import GDCounterpart
+
+    from tqdm.auto import tqdm
+
+    steps = tqdm(total=4, desc="ICL vs GD", disable=not progress)
+    gd = GDCounterpart(model)
+    ref = reference_runs(model, "sentiment", k=4, n=n, seed=seed, reorder_n=n)
+    steps.update()
+    out = {"dai": icl_vs_gd(model, "sentiment", k=4, n=n, seed=seed, config=DAI, counterpart=gd, reference=ref)}
+    steps.update()
+    out["shen"] = icl_vs_gd(model, "sentiment", k=4, n=n, seed=seed, config=paper_config(f"wv:{model.n_layers // 2}", epochs=5),
+                            counterpart=gd, reference=ref)
+    steps.update()
+    out["orders"] = order_sensitivity(model, "sentiment", k=4, n=max(4, n // 2), seed=seed, n_orders=3, batch_sizes=(1, "full"),
+                                      counterpart=gd)
+    steps.update()
+    steps.close()
+    return out
+
+
+def _linreg(seed):
+    from analyses.linreg_algorithms import which_algorithm
+    from analyses.linreg_gd_check import trained_vs_gd
+    from interp.linreg.checkpoints import load_shipped
+
+    lsa = load_shipped("lsa-d10-n10")[0]
+    gpt = load_shipped("gpt-d5-n20")[0]
+    return {"lsa": trained_vs_gd(lsa, ood_scales=(0.5, 1.0, 2.0)),
+            "gpt": which_algorithm({"softmax GPT": gpt}, 5, list(range(1, 20)), n_tasks=512, seed=seed, learners=("ols", "gd", "knn"))}
+
+
+def _linreg_text(r: dict) -> str:
+    lsa, gpt = r["lsa"], r["gpt"]
+    ks = gpt.k
+    err = gpt.model_error["softmax GPT"]["mean"]
+    lines = [f"one-layer LSA (d=10, N=10): loss {lsa.loss['trained']:.4f} vs one GD step {lsa.loss['gd']:.4f} "
+             f"(ratio {lsa.loss_ratio:.4f}); effective η {lsa.eta_effective:.3f} vs line search {lsa.gd_eta:.3f}; "
+             f"sensitivity cosine {lsa.sensitivity_cos:.4f}",
+             "softmax GPT (d=5): normalised error (ŷ−y)²/d at k = " + ", ".join(str(k) for k in ks[4:10])]
+    for name, vals in [("GPT", err), *((n, v["mean"]) for n, v in gpt.learner_error.items())]:
+        lines.append(f"  {name:16s}" + " ".join(f"{x:8.4f}" for x in vals[4:10]))
+    return "\n".join(lines)
+
+
+def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens", out: Path = Path("out/demo"), n: int = 24,
+             seed: int = 0, progress: bool = True, device: str | None = None, remote: bool = False,
+             parts: Sequence[str] = PARTS) -> dict:
+    """Run the demo ``parts`` into ``out``; returns what results.json holds.
+
+    ``n``: queries per task for the accuracy curve (the other parts use n/2 to n/3);
+    ``device`` places the model (cpu by default, cuda, ...); ``remote`` runs a hub model through
+    nnsight on NDIF (``engine="nnsight"``); both go to :func:`interp.load_model`.
+    """
+    from interp import load_model
+
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown demo parts {unknown}; choose from {list(PARTS)}")
     start = time.time()
+    run = ResumableRun(out, {"model": model_name, "engine": engine, "n": n, "seed": seed, "device": device, "remote": remote},
+                       progress=progress)
     model = load_model(model_name, engine=engine, device=device, remote=remote)
-    results = {}
-    for task in DEMO_TASKS:
-        results[task] = icl_accuracy_vs_k(model, task, ks=DEMO_KS, n=n, seeds=(seed,), progress=progress)
-    table = format_table(results)
-    print(table)
-    data = {"model": model.name, "engine": engine, "seed": seed, "n": n, "icl_accuracy": {t: r.to_dict() for t, r in results.items()},
-            "seconds": round(time.time() - start, 1)}
-    out = Path(out)
-    write_json_atomic(out / "results.json", data)
-    write_report(out / "report.html", f"icl-interp demo — {model.name}",
-                 [("ICL accuracy vs k", table, [f for r in results.values() for f in r.figures()])])
-    print(f"wrote {out / 'results.json'} and {out / 'report.html'} ({data['seconds']} s)")
+    seconds: dict = {}
+    setting = f"{model.name}, seed {seed}"
+    sections, data = [], {"model": model.name, "engine": engine, "seed": seed, "n": n}
+    if "accuracy" in parts:
+        acc = run.part("accuracy", _timed(seconds, "accuracy", lambda: _accuracy(model, n, seed, progress)))
+        table = format_table(acc)
+        print(table)
+        data["icl_accuracy"] = {t: r.to_dict() for t, r in acc.items()}
+        sections.append((f"ICL accuracy vs k — {setting}", table, [f for r in acc.values() for f in r.figures()]))
+    if "kernel" in parts:
+        from analyses.kernel_regression import kernel_reconstruction
+
+        kr = run.part("kernel", _timed(seconds, "kernel", lambda: kernel_reconstruction(model, "sentiment", k=4, n=n, seed=seed,
+                                                                                        progress=progress)))
+        print(kr.summary())
+        data["kernel"] = kr.to_dict()
+        sections.append(("Attention as kernel regression (Han et al.)", kr.summary(), kr.figures()[:1]))
+    if "icl_vs_gd" in parts:
+        gd = run.part("icl_vs_gd", _timed(seconds, "icl_vs_gd", lambda: _icl_vs_gd(model, max(4, n // 3), seed, progress)))
+        text = "\n\n".join([gd["dai"].summary(), gd["shen"].summary(), gd["orders"].summary()])
+        print(text)
+        data["icl_vs_gd"] = {name: r.to_dict() for name, r in gd.items()}
+        sections.append(("Is ICL gradient descent? Dai et al.'s setting, Shen et al.'s, and order sensitivity", text,
+                         [gd["dai"].figures()[0], *gd["orders"].figures()]))
+    if "heads" in parts:
+        from analyses.heads_report import head_scores
+
+        hs = run.part("heads", _timed(seconds, "heads", lambda: head_scores(model, "sentiment", k=4, n=max(4, n // 3), seed=seed,
+                                                                            scores=HEAD_SCORES, progress=progress)))
+        print(hs.rankings_text(top=5))
+        data["heads"] = hs.to_dict()
+        sections.append(("Head attribution: every per-head score side by side", hs.rankings_text(top=5) + "\n\n" + hs.correlations_text(),
+                         hs.figures()))
+    if "linreg" in parts:
+        lr = run.part("linreg", _timed(seconds, "linreg", lambda: _linreg(seed)))
+        text = _linreg_text(lr)
+        print(text)
+        data["linreg"] = {name: r.to_dict() for name, r in lr.items()}
+        sections.append(("Linear-regression lab: trained transformers against gradient descent", text,
+                         [lr["lsa"].figures()[0], lr["gpt"].figures()[-1]]))
+    data["resumed_parts"] = run.summary()
+    data["seconds"] = {"total": round(time.time() - start, 1), **seconds}
+    write_run(out, data, f"icl-interp demo — {model.name}", sections)
+    print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'} ({data['seconds']['total']} s)")
     return data
 
 
