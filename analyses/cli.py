@@ -138,7 +138,8 @@ def cmd_linreg(args) -> int:
     torch.set_num_threads(args.threads)  # always pinned: training is bit-reproducible per seed and thread count
     if args.action == "train":
         fields = ("model", "d", "n_points", "n_layers", "n_heads", "d_model", "steps", "batch_size", "lr", "warmup_steps",
-                  "schedule", "x_dist", "x_range", "noise_std", "seed", "eval_tasks", "eval_every")
+                  "schedule", "x_dist", "x_range", "noise_std", "seed", "eval_tasks", "eval_every", "curriculum_dims", "curriculum_points",
+                  "curriculum_every")
         config = TrainConfig(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
         metrics = run_linreg_train(config, args.out, progress=not args.quiet, command=" ".join(["icl-interp", *sys.argv[1:]]))
         print(f"query loss {metrics['final']['query_loss']:.4g} (one GD step {metrics['baselines']['gd_query_loss']:.4g}) "
@@ -245,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--d", type=int, default=None)
     g.add_argument("--n-points", type=int, default=None, help="context points + the query (von Oswald's N=10 is 11)")
     for name, typ in (("n-layers", int), ("n-heads", int), ("d-model", int), ("steps", int), ("batch-size", int), ("lr", float),
-                      ("warmup-steps", int), ("x-range", float), ("noise-std", float), ("seed", int), ("eval-tasks", int), ("eval-every", int)):
+                      ("warmup-steps", int), ("x-range", float), ("noise-std", float), ("seed", int), ("eval-tasks", int), ("eval-every", int),
+                      ("curriculum-dims", int), ("curriculum-points", int), ("curriculum-every", int)):
         g.add_argument(f"--{name}", type=typ, default=None)
     g.add_argument("--schedule", choices=["constant", "cosine"], default=None)
     g.add_argument("--x-dist", choices=["normal", "uniform"], default=None)

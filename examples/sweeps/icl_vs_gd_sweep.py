@@ -20,9 +20,13 @@ from pathlib import Path
 
 
 def settings(n_layers: int) -> dict:
+    """dai / shen: the papers' settings; lcgd: Dai's with Deutch et al.'s layer-causal GD; untrained:
+    Dai's setting on Deutch et al.'s untrained baseline (embeddings, norms and unembedding kept,
+    attention and MLPs re-initialised), ICL side included."""
     from analyses.icl_vs_gd_report import paper_config
 
-    return {"dai": paper_config("kv"), "shen": paper_config(f"wv:{n_layers // 2}")}
+    return {"dai": paper_config("kv"), "shen": paper_config(f"wv:{n_layers // 2}"),
+            "lcgd": paper_config("kv", layer_causal=True), "untrained": paper_config("kv")}
 
 
 def run(args) -> None:
@@ -36,23 +40,32 @@ def run(args) -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model = load_model("smollm2-135m")
-    configs = settings(model.n_layers)
-    gd = GDCounterpart(model)
+    trained = load_model("smollm2-135m")
+    configs = settings(trained.n_layers)
+    gd = {"trained": GDCounterpart(trained)}
+    models = {"trained": trained}
     for seed in args.seeds:
         for task in args.tasks:
             t = resolve_task(task)
             pool = t.test_examples if t.test_examples is not None else t.examples[: len(t.examples) - 30]
             n = min(args.n, len(pool))
             for k in args.k:
-                ref = None  # the model side (ZS / ICL / reordered), shared by the GD settings
+                refs = {}  # the model side (ZS / ICL / reordered), shared by the GD settings of one model
                 for name in args.settings:
                     out = Path(args.out) / f"{name}-{task}-k{k}-s{seed}"
                     if (out / "results.json").exists():
                         continue
                     print("running", out.name, flush=True)
-                    ref = ref or reference_runs(model, t, k=k, n=n, seed=seed)
-                    run_icl_vs_gd_analysis(model, t, k=k, n=n, seed=seed, config=configs[name], out=out, counterpart=gd, reference=ref,
+                    which = "untrained" if name == "untrained" else "trained"
+                    if which not in models:
+                        from interp.random_init import random_init_like
+
+                        models[which] = random_init_like(trained, seed=0, keep=("embed_tokens", "norm", "lm_head"))
+                        gd[which] = GDCounterpart(models[which])
+                    model = models[which]
+                    refs[which] = refs.get(which) or reference_runs(model, t, k=k, n=n, seed=seed)
+                    run_icl_vs_gd_analysis(model, t, k=k, n=n, seed=seed, config=configs[name], out=out, counterpart=gd[which],
+                                           reference=refs[which],
                                            orders=args.orders if (seed == args.orders_seed and name == "dai") else 0, orders_n=args.orders_n)
 
 

@@ -73,6 +73,12 @@ class TrainConfig:
     eval_tasks: int | None = None
     eval_seed: int = 5
     eval_every: int = 100
+    # Garg et al.'s curriculum: train on the first `curriculum_dims` input dims (the rest zeroed)
+    # and `curriculum_points` points, +1 dim and +2 points every `curriculum_every` steps up to
+    # d / n_points.  None: no curriculum.
+    curriculum_dims: int | None = None
+    curriculum_points: int | None = None
+    curriculum_every: int = 2000
 
     def __post_init__(self):
         if self.model not in _DEFAULTS:
@@ -99,6 +105,14 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name, top in (("curriculum_dims", self.d), ("curriculum_points", self.n_points)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top):
+                raise ValueError(f"{name} must be None or an int in [1, {top}], got {value!r}")
+        if self.curriculum_points is not None and self.curriculum_points < 2:
+            raise ValueError("curriculum_points counts context points plus the query: it must be >= 2")
+        if isinstance(self.curriculum_every, bool) or not isinstance(self.curriculum_every, int) or self.curriculum_every <= 0:
+            raise ValueError(f"curriculum_every must be a positive int, got {self.curriculum_every!r}")
         self.model_config()  # validates the architecture fields
 
     def model_config(self) -> LSAConfig | GPTConfig:
@@ -111,6 +125,26 @@ class TrainConfig:
     def sample(self, n_tasks: int, seed: int) -> RegressionBatch:
         return sample_regression_tasks(n_tasks, self.n_points, self.d, x_dist=self.x_dist, x_range=self.x_range,
                                        noise_std=self.noise_std, seed=seed)
+
+    def curriculum(self, step: int) -> tuple[int, int]:
+        """(input dims, points) trained on at ``step``: the full (d, n_points) without a curriculum."""
+        stage = step // self.curriculum_every
+        dims = self.d if self.curriculum_dims is None else min(self.d, self.curriculum_dims + stage)
+        points = self.n_points if self.curriculum_points is None else min(self.n_points, self.curriculum_points + 2 * stage)
+        return dims, points
+
+    def train_batch(self, step: int, seed: int) -> RegressionBatch:
+        """The training batch at ``step``: fresh tasks, restricted by :meth:`curriculum` (unused
+        input dims zeroed and y recomputed from the zeroed x, as Garg et al.'s code does)."""
+        dims, points = self.curriculum(step)
+        batch = sample_regression_tasks(self.batch_size, points, self.d, x_dist=self.x_dist, x_range=self.x_range,
+                                        noise_std=self.noise_std, seed=seed)
+        if dims < self.d:
+            noise = batch.y - (batch.x @ batch.w.unsqueeze(-1)).squeeze(-1)
+            x = batch.x.clone()
+            x[..., dims:] = 0
+            batch = RegressionBatch(x=x, y=(x @ batch.w.unsqueeze(-1)).squeeze(-1) + noise, w=batch.w, noise_std=batch.noise_std)
+        return batch
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -184,7 +218,7 @@ def train(config: TrainConfig, progress: bool = False) -> tuple[LinearSelfAttent
         steps = tqdm(steps, desc=f"train {config.model}")
     start = time.perf_counter()
     for step in steps:
-        batch = config.sample(config.batch_size, int(torch.randint(0, 2**62, (1,), generator=data_gen)))
+        batch = config.train_batch(step, int(torch.randint(0, 2**62, (1,), generator=data_gen)))
         loss = model.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -307,3 +307,15 @@ def test_error_vs_k_ols_is_zero_from_k_equals_d():
     assert curve.mean[0] > 0.3 and curve.mean[2] < 1e-6 and curve.mean[3] < 1e-6
     assert all(lo <= m <= hi for lo, m, hi in zip(curve.ci_low, curve.mean, curve.ci_high))
     assert error_vs_k(lambda b: knn(b, 3), 4, [8], n_tasks=64).to_dict()["mean"][0] > 0.1
+
+
+def test_curriculum_zeroes_unused_dims_and_grows_to_the_full_task():
+    config = TrainConfig(model="gpt", d=5, n_points=20, batch_size=16, curriculum_dims=2, curriculum_points=6, curriculum_every=10)
+    assert [config.curriculum(s) for s in (0, 9, 10, 25, 1000)] == [(2, 6), (2, 6), (3, 8), (4, 10), (5, 20)]
+    b = config.train_batch(0, seed=3)
+    assert b.x.shape == (16, 6, 5) and torch.all(b.x[..., 2:] == 0)
+    assert torch.allclose(b.y, (b.x @ b.w.unsqueeze(-1)).squeeze(-1), atol=1e-6)  # y from the zeroed x
+    full = TrainConfig(model="gpt", d=5, n_points=20, batch_size=16)
+    assert torch.equal(full.train_batch(0, seed=3).x, full.sample(16, 3).x)  # no curriculum: the plain sampler
+    with pytest.raises(ValueError, match="curriculum_dims"):
+        TrainConfig(model="gpt", d=5, n_points=20, curriculum_dims=6)
