@@ -81,7 +81,7 @@ def _linreg(seed):
     lsa = load_shipped("lsa-d10-n10")[0]
     gpt = load_shipped("gpt-d5-n20")[0]
     return {"lsa": trained_vs_gd(lsa, ood_scales=(0.5, 1.0, 2.0)),
-            "gpt": which_algorithm({"softmax GPT": gpt}, 5, list(range(1, 20)), n_tasks=512, seed=seed, learners=("ols", "gd", "knn"))}
+            "gpt": which_algorithm({"softmax GPT": gpt}, 5, list(range(5, 11)), n_tasks=256, seed=seed, learners=("ols", "gd", "knn"))}
 
 
 def _linreg_text(r: dict) -> str:
@@ -91,9 +91,9 @@ def _linreg_text(r: dict) -> str:
     lines = [f"one-layer LSA (d=10, N=10): loss {lsa.loss['trained']:.4f} vs one GD step {lsa.loss['gd']:.4f} "
              f"(ratio {lsa.loss_ratio:.4f}); effective η {lsa.eta_effective:.3f} vs line search {lsa.gd_eta:.3f}; "
              f"sensitivity cosine {lsa.sensitivity_cos:.4f}",
-             "softmax GPT (d=5): normalised error (ŷ−y)²/d at k = " + ", ".join(str(k) for k in ks[4:10])]
+             "softmax GPT (d=5): normalised error (ŷ−y)²/d at k = " + ", ".join(str(k) for k in ks)]
     for name, vals in [("GPT", err), *((n, v["mean"]) for n, v in gpt.learner_error.items())]:
-        lines.append(f"  {name:16s}" + " ".join(f"{x:8.4f}" for x in vals[4:10]))
+        lines.append(f"  {name:16s}" + " ".join(f"{x:8.4f}" for x in vals))
     return "\n".join(lines)
 
 
@@ -112,9 +112,9 @@ def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens",
     if unknown:
         raise ValueError(f"unknown demo parts {unknown}; choose from {list(PARTS)}")
     start = time.time()
+    model = load_model(model_name, engine=engine, device=device, remote=remote)
     run = ResumableRun(out, {"model": model_name, "engine": engine, "n": n, "seed": seed, "device": device, "remote": remote},
                        progress=progress)
-    model = load_model(model_name, engine=engine, device=device, remote=remote)
     seconds: dict = {}
     setting = f"{model.name}, seed {seed}"
     sections, data = [], {"model": model.name, "engine": engine, "seed": seed, "n": n}

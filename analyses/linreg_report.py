@@ -85,7 +85,8 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
                         progress: bool = False) -> dict:
     """The lab's analyses on ``checkpoint`` (a shipped name, a checkpoint folder, or a model).
 
-    ``k_values`` (context sizes for the which-algorithm curves) default to 1 … N;
+    ``k_values`` (context sizes for the which-algorithm curves) default to 1 … N; that part uses at
+    most 512 tasks (each is probed at 32+ fresh queries for the implicit weights);
     ``depth_models`` (name → model) adds models of other depths to the which-algorithm comparison.
     With ``out``, finished parts are saved under ``out/parts/`` and reused by a restarted run with
     the same arguments (a run with other arguments into the same ``out`` raises ``ValueError``).
@@ -124,7 +125,7 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
         ks = list(k_values) if k_values else list(range(1, n_ctx + 1))
         models = {f"{cfg.kind} ({cfg.n_layers} layer{'s' * (cfg.n_layers > 1)})": model, **(depth_models or {})}
         tc = getattr(model, "train_config", None)
-        r = part("algorithms", lambda: which_algorithm(models, cfg.d, ks, n_tasks=n_tasks, seed=seed,
+        r = part("algorithms", lambda: which_algorithm(models, cfg.d, ks, n_tasks=min(n_tasks, 512), seed=seed,
                                                        x_dist=tc.x_dist if tc else "normal", x_range=tc.x_range if tc else 1.0))
         results["which_algorithm"] = r.to_dict()
         sections.append(("Which learning algorithm? (Akyürek et al.; Garg et al.)", _best_match_text(r), r.figures()))

@@ -3,7 +3,7 @@
 import pytest
 
 import interp
-from analyses import cli, demo
+from analyses import cli
 
 COMMANDS = ["accuracy", "kernel", "icl-vs-gd", "heads", "demo"]
 
@@ -21,7 +21,6 @@ def calls(monkeypatch):
         raise Loaded
 
     monkeypatch.setattr(interp, "load_model", fake_load_model)  # the commands import it from interp when they run
-    monkeypatch.setattr(demo, "load_model", fake_load_model)
     return seen
 
 
