@@ -41,6 +41,7 @@ from interp.linreg.gd import best_gd_eta, default_eta_grid, gd_one_step
 from interp.linreg.models import build_model
 from interp.linreg.sampler import RegressionBatch, sample_regression_tasks
 from probes import RidgeProbe, probe_sweep, split
+from probes.mlp import MLPProbe
 
 TARGETS = ("w", "Xty", "w_ols", "w_gd", "y_gd")
 POSITIONS = ("query", "last_y")
@@ -130,6 +131,7 @@ class ImplicitWeightProbeResult:
     positions: dict  # name -> token index
     layer_names: list[str]
     sweeps: dict  # position -> target -> ProbeSweepResult
+    probe: str = "ridge"
 
     def r2(self, target: str, position: str = "query", control: bool = False) -> list[float]:
         """Per-layer test R² (or the random-init control's)."""
@@ -153,7 +155,7 @@ class ImplicitWeightProbeResult:
                 fig.add_trace(go.Scatter(x=self.layer_names, y=self.r2(t, pos), mode="lines+markers", name=t, line=dict(color=c)))
                 fig.add_trace(go.Scatter(x=self.layer_names, y=self.r2(t, pos, control=True), mode="lines", name=f"{t} (random init)",
                                          line=dict(color=c, dash="dash")))
-            fig.update_layout(title=f"Implicit-weight ridge probes at the {pos} token — {_title(self.setting)}, "
+            fig.update_layout(title=f"Implicit-weight {self.probe} probes at the {pos} token — {_title(self.setting)}, "
                                     f"n_tasks={self.n_tasks}; dashed: random-init control",
                               xaxis_title="layer (residual stream after)", yaxis_title="test R²")
             figs.append(fig)
@@ -163,14 +165,19 @@ class ImplicitWeightProbeResult:
 def implicit_weight_probes(model, d: int, n_tasks: int = 4096, seed: int = 0, targets: Sequence[str] = TARGETS,
                            positions: Sequence[str] = POSITIONS, ridge_alpha: float = 1e-3, x_dist: str | None = None,
                            x_range: float | None = None, noise_std: float = 0.0, control_seed: int | None = None,
-                           n_boot: int = 1000, test_size: float = 0.3) -> ImplicitWeightProbeResult:
+                           n_boot: int = 1000, test_size: float = 0.3, probe: str = "ridge",
+                           layers: Sequence[str] | None = None) -> ImplicitWeightProbeResult:
     """Probe every layer's residual stream for each target at each position (module docstring).
 
     ``model``: a LinearSelfAttention / SoftmaxGPT or its facade.  Tasks: ``n_tasks`` fresh ones
     from ``sample_regression_tasks(n_tasks, model n_points, d, seed=seed, ...)``; ``x_dist`` None
     takes the training default (LSA U(−0.5, 0.5), GPT N(0, I)).  The control model is
-    ``build_model(cfg with seed=control_seed)`` (default cfg.seed + 1).
+    ``build_model(cfg with seed=control_seed)`` (default cfg.seed + 1).  ``probe``: ``"ridge"``
+    (closed form, α = ``ridge_alpha``) or ``"mlp"`` (:class:`probes.mlp.MLPProbe`, Akyürek et al.'s
+    2-layer GELU probe: w is encoded non-linearly; slower, ~1 s per cell and target).
     """
+    if probe not in ("ridge", "mlp"):
+        raise ValueError(f"probe must be 'ridge' or 'mlp', got {probe!r}")
     targets = _check_choice("targets", targets, TARGETS)
     positions = _check_choice("positions", positions, POSITIONS)
     module, facade, batch, setting = _setup(model, d, n_tasks, seed, x_dist, x_range, noise_std)
@@ -182,12 +189,17 @@ def implicit_weight_probes(model, d: int, n_tasks: int = 4096, seed: int = 0, ta
     eta = best_gd_eta(batch)[0]
     ys = regression_targets(batch, eta)
     names = ["embed", *map(str, range(module.n_layers))]
-    sweeps = {p: {t: probe_sweep(acts[p], ys[t], make_probe=lambda: RidgeProbe(alpha=ridge_alpha), control_features=ctrl[p],
+    keep = list(range(len(names))) if layers is None else [names.index(_check_choice("layers", [l], names)[0]) for l in layers]
+    names = [names[i] for i in keep]
+    acts = {p: a[keep] for p, a in acts.items()}
+    ctrl = {p: a[keep] for p, a in ctrl.items()}
+    make_probe = (lambda: RidgeProbe(alpha=ridge_alpha)) if probe == "ridge" else (lambda: MLPProbe(seed=seed))
+    sweeps = {p: {t: probe_sweep(acts[p], ys[t], make_probe=make_probe, control_features=ctrl[p],
                                  layer_names=names, seed=seed, n_boot=n_boot, test_size=test_size) for t in targets}
               for p in positions}
     pos = token_positions(module, module.cfg.n_points)
     return ImplicitWeightProbeResult(setting, n_tasks, seed, control_seed, eta, ridge_alpha, {p: pos[p] for p in positions},
-                                     names, sweeps)
+                                     names, sweeps, probe)
 
 
 # --------------------------------------------------------------------------------------------

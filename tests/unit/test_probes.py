@@ -565,3 +565,19 @@ def test_probe_sweep_figures_and_json():
         assert isinstance(fig, go.Figure)
         assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
         assert "R²" in fig.layout.title.text
+
+
+def test_mlp_probe_fits_a_nonlinear_target_a_linear_probe_cannot():
+    from probes import MLPProbe, RidgeProbe
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1200, 4, generator=g)
+    y = X[:, 0] * X[:, 1]  # a product: no linear signal
+    tr, te = slice(0, 900), slice(900, None)
+    mlp = MLPProbe(hidden=64, epochs=800, lr=1e-2, seed=0).fit(X[tr], y[tr])
+    assert mlp.score(X[te], y[te]) > 0.8
+    assert RidgeProbe(alpha=1e-3).fit(X[tr], y[tr]).score(X[te], y[te]) < 0.05
+    again = MLPProbe(hidden=64, epochs=800, lr=1e-2, seed=0).fit(X[tr], y[tr])
+    assert torch.equal(mlp.predict(X[te]), again.predict(X[te]))  # seeded
+    with pytest.raises(ValueError, match="not fitted"):
+        MLPProbe().predict(X)
