@@ -33,6 +33,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+TASK_HELP = "bundled task name, a dataset folder (train.jsonl + test.jsonl), a JSONL file, or a name under $ICL_INTERP_DATA"
+
+
+def _one_task_run(p: argparse.ArgumentParser, *, k: int, n: int) -> None:
+    """--task / --k / --n / --seed of the commands that analyse one (task, k, n, seed)."""
+    p.add_argument("--task", default="sentiment", help=TASK_HELP)
+    p.add_argument("--k", type=int, default=k)
+    p.add_argument("--n", type=int, default=n)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _placement(parser: argparse.ArgumentParser, args) -> None:
     """Check and resolve ``--engine``/``--device``/``--remote`` of the commands that load a language model."""
     if not hasattr(args, "remote"):
@@ -202,11 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kernel", help="does attention do kernel regression over the demonstrations? (Han et al.; Wang et al.)")
     _common(p)
-    p.add_argument("--task", default="sentiment",
-                   help="bundled task name, a dataset folder (train.jsonl + test.jsonl), a JSONL file, or a name under $ICL_INTERP_DATA")
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    _one_task_run(p, k=4, n=100)
     p.add_argument("--out", default="out/kernel")
     p.add_argument("--parts", default="reconstruction,similarity,probes,anchors,selection",
                    help="comma-separated subset of reconstruction,similarity,probes,anchors,selection")
@@ -217,10 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("icl-vs-gd", help="is ICL gradient descent? ICL against a fine-tuned copy (Dai et al.; Shen et al.; Deutch et al.)")
     _common(p)
-    p.add_argument("--task", default="sentiment", help="as for kernel")
-    p.add_argument("--k", type=int, default=8)
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    _one_task_run(p, k=8, n=100)
     p.add_argument("--params", default="kv",
                    help="kv (k_proj+v_proj of every layer, Dai), wv:LAYER (one layer's W_V, Shen), all, or a regex over parameter names")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="default: sgd for kv (Dai), adam otherwise (Shen)")
@@ -259,10 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("heads", help="every per-head score side by side: kernel agreement, patching, AIE, induction, dual form")
     _common(p)
-    p.add_argument("--task", default="sentiment", help="as for kernel")
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    _one_task_run(p, k=4, n=8)
     p.add_argument("--scores", default="default",
                    help="comma-separated subset of kernel,exact_patching,attribution_patching,aie,induction,previous_token,dual_form,"
                         "dual_form_gd (default: all; dual_form_gd fine-tunes a copy of the model on the demos)")

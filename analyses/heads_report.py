@@ -49,7 +49,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from analyses.report import write_run
+from analyses.report import json_safe, write_run
 
 ALL_SCORES = ("kernel", "exact_patching", "attribution_patching", "aie", "induction", "previous_token", "dual_form", "dual_form_gd")
 #: the default set: every score (``dual_form_gd`` fine-tunes a copy, cheap at SmolLM2's size)
@@ -112,19 +112,6 @@ def spearman(a, b) -> float | None:
         return None
     rho = float(spearmanr(x.numpy(), y.numpy()).statistic)
     return None if math.isnan(rho) else rho
-
-
-def _json_safe(obj):
-    """Tuples → lists, NaN / ±inf → None, tensors → lists, recursively."""
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 @dataclass
@@ -203,7 +190,7 @@ class HeadScoresResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return _json_safe({
+        return json_safe({
             "model": self.model, "task": self.task, "k": self.k, "n": self.n, "seed": self.seed,
             "n_layers": self.n_layers, "n_heads": self.n_heads, "units": {s: UNITS[s] for s in self.scores},
             "descriptions": {s: DESCRIPTIONS[s] for s in self.scores}, "scores": self.scores,

@@ -23,16 +23,9 @@ from typing import Literal, Sequence
 import torch
 
 from interp.linreg.gd import best_gd_eta, gd_one_step, ols
+from interp.linreg.models import regression_module
 from interp.linreg.sampler import RegressionBatch, sample_regression_tasks
-
-
-def _module(model):
-    """The regression module behind a facade model (``load_model(module)``) or the module itself."""
-    module = getattr(getattr(model, "engine", None), "module", model)
-    if not (hasattr(module, "predict") and hasattr(module, "cfg") and hasattr(module.cfg, "d")):
-        raise ValueError(f"expected an interp.linreg model (LinearSelfAttention / SoftmaxGPT) or load_model() of one, "
-                         f"got {type(model).__name__}")
-    return module
+from interp.linreg.train import training_distribution
 
 
 def _scaled(batch: RegressionBatch, alpha: float) -> RegressionBatch:
@@ -116,14 +109,14 @@ def trained_vs_gd(model, *, n_tasks: int = 10_000, seed: int = 5, x_dist: Litera
     ``n_points`` and d; ``x_dist`` / ``x_range`` default to the checkpoint's training distribution
     when the module carries one (``module.train_config``), else x ~ N(0, I).
     """
-    module = _module(model)
-    train_cfg = getattr(module, "train_config", None)
-    if train_cfg is None and x_dist is None:
+    module = regression_module(model)
+    trained_on = training_distribution(module)
+    if trained_on is None and x_dist is None:
         warnings.warn("the model carries no training config (not a checkpoint or train() output): tasks use x ~ N(0, I); "
                       "pass x_dist= / x_range= for the distribution its weights were made for (von Oswald's: 'uniform', 0.5)",
                       stacklevel=2)
-    x_dist = x_dist or (train_cfg.x_dist if train_cfg is not None else "normal")
-    x_range = x_range if x_range is not None else (train_cfg.x_range if train_cfg is not None else 1.0)
+    x_dist = x_dist or (trained_on[0] if trained_on else "normal")
+    x_range = x_range if x_range is not None else (trained_on[1] if trained_on else 1.0)
     n_points = n_points or module.cfg.n_points
     d = module.cfg.d
     batch = sample_regression_tasks(n_tasks, n_points, d, x_dist=x_dist, x_range=x_range, seed=seed)

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analyses.linreg_gd_check import _module
+from interp.linreg.models import regression_module
 from interp.linreg.sampler import RegressionBatch, sample_regression_tasks
+from interp.linreg.train import training_distribution
 
 
 def _centred_corr_and_slope(s: torch.Tensor, k: torch.Tensor) -> tuple[float, float]:
@@ -92,12 +93,12 @@ def attention_kernel(model, *, n_tasks: int = 2048, seed: int = 0, n_points: int
     :class:`~interp.linreg.models.SoftmaxGPT` (or ``load_model`` of one)."""
     from interp import Capture, load_model
 
-    module = _module(model)
+    module = regression_module(model)
     if module.cfg.kind != "gpt":
         raise ValueError("attention_kernel needs the softmax GPT (interleaved x / y tokens); the linear-attention model "
                          "has no softmax kernel — see analyses.linreg_gd_check for it")
-    train_cfg = getattr(module, "train_config", None)
-    x_dist = x_dist or (train_cfg.x_dist if train_cfg is not None else "normal")
+    trained_on = training_distribution(module)
+    x_dist = x_dist or (trained_on[0] if trained_on else "normal")
     n_points = n_points or module.cfg.n_points
     batch = sample_regression_tasks(n_tasks, n_points, module.cfg.d, x_dist=x_dist, seed=seed)
     facade = load_model(module)

@@ -38,21 +38,20 @@ import torch
 
 from interp import Capture, load_model
 from interp.linreg.gd import best_gd_eta, default_eta_grid, gd_one_step
-from interp.linreg.models import build_model
+from interp.linreg.models import build_model, regression_module
 from interp.linreg.sampler import RegressionBatch, sample_regression_tasks
+from interp.linreg.train import default_distribution, training_distribution
 from probes import RidgeProbe, probe_sweep, split
 from probes.mlp import MLPProbe
 
 TARGETS = ("w", "Xty", "w_ols", "w_gd", "y_gd")
 POSITIONS = ("query", "last_y")
-_X_DEFAULTS = {"lsa": ("uniform", 0.5), "gpt": ("normal", 1.0)}  # the training defaults (train.py)
 
 
 def _module_and_model(model):
     """(the HookedRootModule, the facade Model) from either."""
-    if hasattr(model, "engine"):
-        return model.hf_model, model
-    return model, load_model(model)
+    module = regression_module(model)
+    return module, (model if hasattr(model, "engine") else load_model(module))
 
 
 def token_positions(module, n_points: int) -> dict[str, int]:
@@ -107,8 +106,9 @@ def _setup(model, d: int, n_tasks: int, seed: int, x_dist, x_range, noise_std):
     module, facade = _module_and_model(model)
     if d != module.d:
         raise ValueError(f"d={d} but the model was built for d={module.d}")
-    x_dist = x_dist or _X_DEFAULTS[module.kind][0]
-    x_range = x_range if x_range is not None else (_X_DEFAULTS[module.kind][1] if x_dist == "uniform" else 1.0)
+    default_dist, default_range = training_distribution(module) or default_distribution(module.kind)
+    x_dist = x_dist or default_dist
+    x_range = x_range if x_range is not None else (default_range if x_dist == "uniform" else 1.0)
     batch = sample_regression_tasks(n_tasks, module.cfg.n_points, d, x_dist=x_dist, x_range=x_range,
                                     noise_std=noise_std, seed=seed)
     setting = {"model": module.kind, "d": d, "n_points": module.cfg.n_points, "n_layers": module.n_layers,
@@ -243,11 +243,9 @@ class GDStepsMatchResult:
     gd_loss: list[float]  # per t, 0.5 · mean (ŷ_GD,t − y_q)²
 
     def to_dict(self) -> dict:
-        fin = lambda v: v if math.isfinite(v) else None  # noqa: E731 (a diverged GD run gives inf)
-        out = dict(self.__dict__)
-        out.update(error=[[fin(v) for v in row] for row in self.error], layer_loss=[fin(v) for v in self.layer_loss],
-                   gd_loss=[fin(v) for v in self.gd_loss])
-        return out
+        from analyses.report import json_safe
+
+        return json_safe(dict(self.__dict__))  # a diverged GD run gives inf: None in JSON
 
     def figures(self) -> list:
         import plotly.graph_objects as go

@@ -65,19 +65,14 @@ def _load(checkpoint):
 
 
 def _weights_sha256(model) -> str:
-    """A digest of a model's weights: a resumed run must be on the same model (a plain predict
-    function, allowed in ``depth_models``, is named by its qualified name instead)."""
-    import hashlib
-
-    import torch
+    """A digest of a model's weights (:func:`interp.finetune.parameter_hash`): a resumed run must be
+    on the same model; a plain predict function, allowed in ``depth_models``, is named by its
+    qualified name instead."""
+    from interp.finetune import parameter_hash
 
     if not hasattr(model, "state_dict"):
         return f"function {getattr(model, '__qualname__', type(model).__name__)}"
-    h = hashlib.sha256()
-    for key, t in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return parameter_hash(model)
 
 
 def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Sequence[str] = PARTS, n_tasks: int = 2048,
@@ -120,13 +115,14 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
             f"L2 {r.sensitivity_l2:.4g}"), r.figures()))
     if "algorithms" in parts:
         from analyses.linreg_algorithms import which_algorithm
+        from interp.linreg.train import training_distribution
 
         n_ctx = cfg.n_points - 1
         ks = list(k_values) if k_values else list(range(1, n_ctx + 1))
         models = {f"{cfg.kind} ({cfg.n_layers} layer{'s' * (cfg.n_layers > 1)})": model, **(depth_models or {})}
-        tc = getattr(model, "train_config", None)
+        x_dist, x_range = training_distribution(model) or ("normal", 1.0)
         r = part("algorithms", lambda: which_algorithm(models, cfg.d, ks, n_tasks=min(n_tasks, 512), seed=seed,
-                                                       x_dist=tc.x_dist if tc else "normal", x_range=tc.x_range if tc else 1.0))
+                                                       x_dist=x_dist, x_range=x_range))
         results["which_algorithm"] = r.to_dict()
         sections.append(("Which learning algorithm? (Akyürek et al.; Garg et al.)", _best_match_text(r), r.figures()))
     if "probes" in parts:

@@ -10,6 +10,23 @@ from pathlib import Path
 from typing import Sequence
 
 
+def json_safe(obj):
+    """Tuples → lists, NaN / ±inf → None (JSON has neither), tensors → lists, keys → str, recursively."""
+    import math
+
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: Path, data) -> None:
     """Write JSON to ``path`` via a temporary file and rename: never half-written."""
     path = Path(path)

@@ -245,7 +245,8 @@ def parameter_hash(model) -> str:
     hf = model.hf_model if hasattr(model, "hf_model") else model
     for name, p in sorted(hf.state_dict(keep_vars=False).items()):
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if p.dtype != torch.bool else p.numpy().tobytes())
+        p = p.detach().cpu().contiguous().reshape(-1)  # flat: a 0-d tensor has no last dim to view as bytes
+        h.update(p.view(torch.uint8).numpy().tobytes() if p.dtype != torch.bool else p.numpy().tobytes())
     return h.hexdigest()
 
 

@@ -423,6 +423,16 @@ class SoftmaxGPT(_RegressionModel):
         return self.blocks[layer].attn.W_O
 
 
+def regression_module(model) -> _RegressionModel:
+    """The regression module behind a facade model (``load_model(module)``) or the module itself;
+    ValueError for anything that is not one (e.g. a pretrained LM)."""
+    module = getattr(getattr(model, "engine", None), "module", model)
+    if not (hasattr(module, "predict") and hasattr(module, "cfg") and hasattr(module.cfg, "d")):
+        raise ValueError(f"expected an interp.linreg model (LinearSelfAttention / SoftmaxGPT) or load_model() of one, "
+                         f"got {type(model).__name__}")
+    return module
+
+
 MODEL_CLASSES: dict[str, type[_RegressionModel]] = {"lsa": LinearSelfAttention, "gpt": SoftmaxGPT}
 CONFIG_CLASSES = {"lsa": LSAConfig, "gpt": GPTConfig}
 

@@ -160,6 +160,18 @@ class TrainConfig:
         return cls(**data)
 
 
+def default_distribution(kind: str) -> tuple[str, float]:
+    """(x_dist, x_range) that :class:`TrainConfig` uses by default for ``kind`` ("lsa" / "gpt")."""
+    return _DEFAULTS[kind]["x_dist"], _DEFAULTS[kind]["x_range"]
+
+
+def training_distribution(module) -> tuple[str, float] | None:
+    """(x_dist, x_range) ``module`` was trained on, from the TrainConfig that :func:`train` and
+    :func:`load_checkpoint` attach as ``module.train_config``; None for a module built by hand."""
+    config = getattr(module, "train_config", None)
+    return None if config is None else (config.x_dist, config.x_range)
+
+
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
