@@ -139,7 +139,7 @@ def function_vector_analysis(
     task = load_task(task) if isinstance(task, str) else task
     if task.kind != "generation":
         raise ValueError("function vectors are defined on word tasks (first-token targets); pick e.g. country-capital")
-    runner = runner or DecoderRunner(model.hf_model)
+    runner = runner or model.runner
     edit_layer = model.n_layers // 3 if edit_layer is None else edit_layer
     pool, held_out = split_examples(task.examples, min(n_eval, len(task.examples) // 3), seed)
     tok = model.tokenizer

@@ -120,7 +120,7 @@ def run_side_cached(model, batch, *, append: int | None, demo_columns: list[int]
         return None
     prefix, suffixes = split
     try:
-        runner = runner or DecoderRunner(model.hf_model)
+        runner = runner or model.runner
     except NotImplementedError:
         return None
     rec = [len(x) - 1 for x in suffixes]

@@ -66,7 +66,7 @@ def task_vector_accuracy_by_layer(
 ) -> TaskVectorResult:
     """Accuracy of zero-shot prompts whose layer-L output at the last token is the task vector."""
     task = load_task(task) if isinstance(task, str) else task
-    runner = runner or DecoderRunner(model.hf_model)
+    runner = runner or model.runner
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     pool, queries = split_examples(task.examples, n, seed)
     rng = random.Random(f"task-vectors:{seed}")

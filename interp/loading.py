@@ -6,11 +6,11 @@ Accepted: an embedded model name (``smollm2-135m``, the default), a local folder
 ``nnsight``; a bridge or an nnsight model fixes the engine to its own.
 
 A model the user passes in is never changed: the TransformerLens engine boots its bridge on a
-deep copy (booting converts a model in place), the nnsight engine only wraps it.
+deep copy (booting converts a model in place), the nnsight engine wraps a plain twin that shares
+its weights (:func:`interp.plain.plain_twin`).
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +60,13 @@ def load_model(
     if kind == "nnsight":
         from interp.engines.nnsight_engine import NNsightEngine
 
-        return Model(NNsightEngine(model, remote=remote), name=type(model._module).__name__, tokenizer=tokenizer)
+        tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        name = type(model._module).__name__
+        if remote is True:  # the served model runs as it is
+            return Model(NNsightEngine(model, remote=remote), name=name, tokenizer=tokenizer)
+        # locally: our own nnsight wrapper around a plain twin (shared weights); the user's
+        # nnsight model and the module inside it are left as they are
+        return Model(NNsightEngine.from_hf(model._module, tokenizer, remote=remote), name=name, tokenizer=tokenizer)
 
     owned = kind == "name"
     if kind == "name":
@@ -86,10 +92,7 @@ def load_model(
     else:
         from interp.engines.nnsight_engine import NNsightEngine
 
-        current = getattr(hf_model.config, "_attn_implementation", "eager")
-        if not owned and attn_implementation and current != attn_implementation:
-            hf_model = copy.deepcopy(hf_model)
-            hf_model.set_attn_implementation(attn_implementation)
+        # a plain twin of hf_model (shared weights, eager tapped attention) is what nnsight wraps
         eng = NNsightEngine.from_hf(hf_model, tokenizer, remote=remote)
     return Model(eng, name=name, tokenizer=tokenizer)
 

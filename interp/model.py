@@ -75,6 +75,18 @@ class Model:
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
+    @property
+    def runner(self):
+        """The fast paths (:class:`~interp.patching.runner.DecoderRunner`: start at layer L, reuse
+        cached keys/values, batch patched variants), built once, on a plain twin sharing this
+        model's weights.  Raises :class:`~interp.architectures.UnsupportedArchitecture` for a family
+        the architecture table does not describe."""
+        if getattr(self, "_runner", None) is None:
+            from interp.patching.runner import DecoderRunner
+
+            self._runner = DecoderRunner(self.hf_model)
+        return self._runner
+
     def kv_head(self, head: int) -> int:
         """Key/value head that query head ``head`` reads (GQA: heads share kv in groups)."""
         if not 0 <= head < self.n_heads:

@@ -9,7 +9,7 @@ forward of the concatenated prompt (a test checks 1e-5).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -46,7 +46,7 @@ class SharedPrefix:
 
     def __init__(self, model, prefix_ids: Sequence[int], runner: DecoderRunner | None = None):
         self.model = model
-        self.runner = runner or DecoderRunner(model.hf_model)
+        self.runner = runner or model.runner
         ids = torch.tensor([list(prefix_ids)])
         state = self.runner.corrupted_state(ids, torch.ones_like(ids))
         self.kv = PrefixKV(state.keys, state.values)
@@ -68,6 +68,7 @@ class SharedPrefix:
         b, p = len(suffixes), self.prefix_len
         ids, mask = pad_ids(suffixes, self.model.pad_token_id, "right")
         kv = kv_type([k.expand(b, -1, -1, -1) for k in self.kv.keys], [v.expand(b, -1, -1, -1) for v in self.kv.values])
+        ids = ids.to(self.kv.keys[0].device)
         full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype), mask], dim=1)
         positions = (p + torch.arange(ids.shape[1])).expand(b, -1)
         return ids, mask, kv, full_mask, positions
@@ -77,36 +78,21 @@ class SharedPrefix:
         b, p = len(suffixes), self.prefix_len
         ids, mask, kv, full_mask, positions = self.suffix_batch(suffixes)
         final = mask.sum(-1) - 1  # in suffix coordinates
-        hidden = r.twin.model.embed_tokens(ids)
-        rows = []
-        handles = []
+        rows = {}
+        edits = []
         if patterns:
-            def grab(module, args, out):  # eager attention returns (output, weights [b, head, q, k])
-                rows.append(out[1][torch.arange(b), :, final])
-            handles = [layer.self_attn.register_forward_hook(grab) for layer in r.layers]
-        try:
-            logits = r.run_from(0, hidden, full_mask, positions, prefix=kv)
-        finally:
-            for h in handles:
-                h.remove()
+            def grab(layer):
+                def fn(pattern):  # [b, head, q, k]
+                    rows[layer] = pattern[torch.arange(b), :, final]
+                return fn
+            edits = [(l, "attn.hook_pattern", grab(l)) for l in range(len(r.layers))]
+        logits = r.run_tokens(ids, full_mask, positions, prefix=kv, edits=edits)
         return PrefixRun(
             logits=logits[torch.arange(b), final],
-            patterns=torch.stack(rows) if patterns else None,
+            patterns=torch.stack([rows[l] for l in range(len(r.layers))]) if patterns else None,
             final_positions=p + final,
             prefix_len=p,
         )
-
-
-@dataclass
-class _RecordingPrefixKV(PrefixKV):
-    """A :class:`PrefixKV` that also keeps every layer's full (prefix + rows) post-RoPE keys."""
-
-    seen: dict = field(default_factory=dict)
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        k, v = super().update(key_states, value_states, layer_idx)
-        self.seen[layer_idx] = k
-        return k, v
 
 
 @dataclass
@@ -117,57 +103,40 @@ class RecordedRun:
     logits: torch.Tensor  # [batch, vocab] at the predicting positions
     attn_out: torch.Tensor  # [batch, layer, d_model]  attention-sublayer output (after o_proj)
     z: torch.Tensor  # [batch, layer, head, d_head]  per-head output before o_proj
-    q_rot: torch.Tensor  # [batch, layer, head, d_head]  post-RoPE queries
-    scores: list[torch.Tensor]  # per row [layer, head, prefix + r_b + 1] raw q·k/√d (no mask)
+    q_rot: torch.Tensor  # [batch, layer, head, d_head]  queries as attention receives them (q-norm, RoPE)
+    scores: list[torch.Tensor]  # per row [layer, head, prefix + r_b + 1] q·k × scaling (softcapped where the model is), no mask
     prefix_len: int
 
 
 def _run_recorded(prefix: SharedPrefix, suffixes: list[list[int]], record_at: list[int], predict_at: list[int]) -> RecordedRun:
-    """One batch of :func:`run_recorded`."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
+    """One batch of :func:`run_recorded`: the attention internals come from the tap points of
+    :mod:`interp.attention`, the same on every family."""
     r = prefix.runner
     b, p = len(suffixes), prefix.prefix_len
-    ids, _, kv, full_mask, positions = prefix.suffix_batch(suffixes, _RecordingPrefixKV)
-    s = ids.shape[1]
+    ids, _, kv, full_mask, positions = prefix.suffix_batch(suffixes)
     rows = torch.arange(b)
     rec = torch.tensor(record_at)
-    inputs, attn_out, z = {}, {}, {}
-    handles = []
+    got = {"attn_out": {}, "z": {}, "q": {}, "scores": {}}
 
-    def hooks_for(i, attn):
-        def pre(module, args, kwargs):
-            inputs[i] = (args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"])
+    def keep(kind, layer, pick):
+        def fn(t):
+            got[kind][layer] = pick(t)
+        return fn
 
-        def post(module, args, out):
-            attn_out[i] = out[0][rows, rec]
-
-        def z_pre(module, args):
-            z[i] = args[0][rows, rec]
-        return [attn.register_forward_pre_hook(pre, with_kwargs=True), attn.register_forward_hook(post),
-                attn.o_proj.register_forward_pre_hook(z_pre)]
-
-    try:
-        for i, layer in enumerate(r.layers):
-            handles += hooks_for(i, layer.self_attn)
-        logits = r.run_from(0, r.twin.model.embed_tokens(ids), full_mask, positions, prefix=kv)
-    finally:
-        for h in handles:
-            h.remove()
-    q_rot, scores = [], []
-    for i, layer in enumerate(r.layers):
-        hidden, (cos, sin) = inputs[i]
-        attn = layer.self_attn
-        q = attn.q_proj(hidden).view(b, s, -1, attn.head_dim).transpose(1, 2)
-        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
-        q = q[rows, :, rec]  # [b, head, d]
-        keys = kv.seen[i].repeat_interleave(q.shape[1] // kv.seen[i].shape[1], dim=1)  # [b, head, P + s, d]
-        q_rot.append(q)
-        scores.append(torch.einsum("bhd,bhkd->bhk", q, keys) * attn.scaling)
-    sc = torch.stack(scores, 1)  # [b, layer, head, P + s]
+    edits = []
+    for l in range(len(r.layers)):
+        edits += [
+            (l, "attn.hook_rot_q", keep("q", l, lambda t: t[rows, rec])),  # [b, pos, head, d] -> [b, head, d]
+            (l, "attn.hook_attn_scores", keep("scores", l, lambda t: t[rows, :, rec])),  # [b, head, k]
+            (l, "attn.hook_z", keep("z", l, lambda t: t[rows, rec])),
+            (l, "hook_attn_out", keep("attn_out", l, lambda t: t[rows, rec])),
+        ]
+    logits = r.run_tokens(ids, full_mask, positions, prefix=kv, edits=edits)
+    n = len(r.layers)
+    sc = torch.stack([got["scores"][l] for l in range(n)], 1)  # [b, layer, head, P + s]
     return RecordedRun(
-        logits=logits[rows, torch.tensor(predict_at)], attn_out=torch.stack([attn_out[i] for i in range(len(r.layers))], 1),
-        z=torch.stack([z[i] for i in range(len(r.layers))], 1).view(b, len(r.layers), -1, r.d_head), q_rot=torch.stack(q_rot, 1),
+        logits=logits[rows, torch.tensor(predict_at)], attn_out=torch.stack([got["attn_out"][l] for l in range(n)], 1),
+        z=torch.stack([got["z"][l] for l in range(n)], 1), q_rot=torch.stack([got["q"][l] for l in range(n)], 1),
         scores=[sc[j, :, :, : p + record_at[j] + 1] for j in range(b)], prefix_len=p,
     )
 

@@ -1,14 +1,20 @@
 """nnsight engine: the same site hooks through nnsight's tracing (local, or NDIF with ``remote``).
 
-Sites map onto the transformers module tree of Llama-style decoders (Llama, Mistral, Qwen2,
-SmolLM, ...: ``model.layers[i].self_attn.{q,k,v,o}_proj``, ``mlp``, ``post_attention_layernorm``).
-Values inside the attention function (RoPE output, pre-softmax scores, pattern) are reached with
-nnsight's ``.source``, which needs the eager attention implementation: sdpa and flash attention
-never materialise the pattern.
+Module paths come from the architecture table (:mod:`interp.architectures`), so every family it
+describes runs here, with the site meanings of :mod:`interp.torch_sites` (``hook_attn_out`` /
+``hook_mlp_out`` after a post-norm, ``hook_resid_mid`` = resid_pre + attn_out, ``logits`` after
+final softcapping).
+
+Locally, nnsight wraps a *plain twin* of the model (:func:`interp.plain.plain_twin`: same weight
+storage, its own modules), never the user's object, and the twin runs the tapped attention of
+:mod:`interp.attention`; the attention internals (``hook_rot_q/rot_k``, ``hook_attn_scores``,
+``hook_pattern``) are its ``tap_*`` operations, reached with nnsight's ``.source``.  On NDIF
+(``remote=True``) the served model is used as it is: there the internals are the inputs of the
+attention call and the softmax inside the model's own eager attention function, and the served
+model must run eager attention.
 
 nnsight requires modules to be touched in execution order, so hooks are sorted by
-:meth:`interp.sites.Site.sort_key` before the trace.  nnsight wraps the model without registering
-hooks on it; the model the user passed in keeps behaving as before.
+:meth:`interp.sites.Site.sort_key` before the trace.
 """
 from __future__ import annotations
 
@@ -17,42 +23,56 @@ from typing import Sequence
 
 import torch
 
+from interp.architectures import architecture_of
 from interp.engines.base import ATTENTION_WEIGHT_HOOKS, Engine, HookFn, apply_hooks, facts_from_hf_config
 from interp.sites import Site
+from interp.torch_sites import check_site_exists
 
-ROTARY_OP = "apply_rotary_pos_emb_0"
+_TAP_OPS = {"attn.hook_rot_q": "tap_rot_q_0", "attn.hook_rot_k": "tap_rot_k_0",
+            "attn.hook_attn_scores": "tap_scores_0", "attn.hook_pattern": "tap_pattern_0"}
 SOFTMAX_OP = "nn_functional_softmax_0"
+
+
+def _envoy(root, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
 
 
 class NNsightEngine(Engine):
     name = "nnsight"
 
-    def __init__(self, nn_model, *, remote: bool | str = False):
+    def __init__(self, nn_model, *, remote: bool | str = False, tapped: bool = False):
         self.nn = nn_model
         self.remote = remote
+        self.tapped = tapped
         model = nn_model._module
+        self.arch = architecture_of(model)
         self.tokenizer = getattr(nn_model, "tokenizer", None)
         self.facts = facts_from_hf_config(model.config)
-        if not hasattr(model, "model") or not hasattr(model.model, "layers"):
-            raise NotImplementedError(
-                f"the nnsight engine reaches Llama-style decoders (model.model.layers[i].self_attn); "
-                f"{type(model).__name__} is not one: use engine='transformer-lens'"
-            )
+        self._layers = _envoy(nn_model, self.arch.layers)
         # nnsight instruments a module's forward for ``.source`` on first access, which must
-        # happen before that module runs: do it for every layer up front.
-        for layer in nn_model.model.layers:
-            layer.source, layer.self_attn.source
-        self._attn_op = _attention_op_name(nn_model.model.layers[0].self_attn)
-        self._resid_mid_op = _resid_mid_op_name(nn_model.model.layers[0])
+        # happen before that module runs: do it for every layer's attention up front.
+        self._attn_op = None
+        for i in range(self.facts.n_layers):
+            _envoy(self._layers[i], self.arch.attn).source
+        self._attn_op = _attention_op_name(_envoy(self._layers[0], self.arch.attn))
 
     @classmethod
     def from_hf(cls, hf_model, tokenizer, *, remote: bool | str = False) -> "NNsightEngine":
+        """Wrap a plain twin of ``hf_model`` (shared weights, tapped attention): the user's model
+        and tokenizer are never wrapped or changed."""
         import copy
 
         from nnsight.modeling.transformers import TransformersModel
 
+        from interp.attention import use_tapped
+        from interp.plain import plain_twin
+
+        twin = use_tapped(plain_twin(hf_model))
         # nnsight sets the tokenizer's padding side: give it a copy, keep the caller's as it is
-        engine = cls(TransformersModel(hf_model, tokenizer=copy.deepcopy(tokenizer)), remote=remote)
+        engine = cls(TransformersModel(twin, tokenizer=copy.deepcopy(tokenizer)), remote=remote, tapped=True)
         engine.tokenizer = tokenizer
         return engine
 
@@ -65,7 +85,11 @@ class NNsightEngine(Engine):
         return getattr(self.hf_model.config, "_attn_implementation", None) or "eager"
 
     def check_sites(self, sites: Sequence[Site]) -> None:
-        needs_weights = sorted({s.name for s in sites if s.hook in ATTENTION_WEIGHT_HOOKS | {"attn.hook_rot_q", "attn.hook_rot_k"}})
+        for s in sites:
+            check_site_exists(self.arch, self.hf_model.config, s)
+        if self.tapped:
+            return
+        needs_weights = sorted({s.name for s in sites if s.hook in ATTENTION_WEIGHT_HOOKS})
         if needs_weights and self.attn_implementation != "eager":
             raise ValueError(
                 f"sites {needs_weights[:3]}{'...' if len(needs_weights) > 3 else ''} need attention weights, but this "
@@ -75,12 +99,11 @@ class NNsightEngine(Engine):
             )
 
     def W_O(self, layer: int) -> torch.Tensor:
-        f = self.facts
-        weight = self.hf_model.model.layers[layer].self_attn.o_proj.weight  # [d_model, head*d_head]
-        return weight.T.reshape(f.n_heads, f.d_head, f.d_model)
+        return self.arch.W_O(self.hf_model, layer, self.facts.n_heads, self.facts.d_head)
 
     def b_O(self, layer: int) -> torch.Tensor | None:
-        return self.hf_model.model.layers[layer].self_attn.o_proj.bias
+        b = self.arch.b_O(self.hf_model, layer)
+        return None if b is None or not bool(b.any()) else b
 
     def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None,
                 last_only: bool = False) -> torch.Tensor:
@@ -92,13 +115,19 @@ class NNsightEngine(Engine):
         saved = store if store is not None else {}
         extra = {"logits_to_keep": 1} if last_only else {}
         with nn.trace(input_ids, attention_mask=attention_mask, position_ids=position_ids, remote=self.remote, **extra):
-            for site, fns in grouped:
-                if site.hook != "logits":
-                    self._visit(site, fns, input_ids.shape)
-            logits = nn.lm_head.output
+            embed = [fns for site, fns in grouped if site.hook == "hook_embed"]
+            if embed:
+                env = _envoy(nn, self.arch.embed)
+                new = apply_hooks(env.output, embed[0])
+                if new is not None:
+                    env.output = new
+            for layer, items in groupby([g for g in grouped if g[0].layer is not None], key=lambda g: g[0].layer):
+                self._visit_layer(layer, {site.hook: fns for site, fns in items}, input_ids.shape)
+            out = nn.output
+            logits = out["logits"]
             new = apply_hooks(logits, [fn for site, fns in grouped if site.hook == "logits" for fn in fns])
             if new is not None:
-                nn.lm_head.output = new
+                out["logits"] = new
                 logits = new
             logits = logits.save()
             # Captures are written into ``store`` inside the trace; saving it is what brings them
@@ -108,99 +137,119 @@ class NNsightEngine(Engine):
             store.update(saved)
         return logits
 
-    # --- site access -------------------------------------------------------------------------
-    def _visit(self, site: Site, fns: Sequence[HookFn], shape) -> None:
-        """Read the site's value (in TransformerLens layout), run the hooks, write back edits."""
+    # --- site access, in execution order within one layer -------------------------------------------
+    def _visit_layer(self, index: int, fns: dict, shape) -> None:
         b, p = shape
-        f = self.facts
-        if site.layer is None:  # hook_embed
-            env = self.nn.model.embed_tokens
-            new = apply_hooks(env.output, fns)
-            if new is not None:
-                env.output = new
-            return
-        layer = self.nn.model.layers[site.layer]
-        attn = layer.self_attn
-        hook = site.hook
-        if hook == "hook_resid_pre":
-            new = apply_hooks(layer.input, fns)
+        f, arch = self.facts, self.arch
+        layer = self._layers[index]
+        attn = _envoy(layer, arch.attn)
+        pre = None
+        if "hook_resid_pre" in fns or "hook_resid_mid" in fns:
+            pre = layer.input
+            new = apply_hooks(pre, fns.get("hook_resid_pre", []))
             if new is not None:
                 layer.input = new
-        elif hook in ("attn.hook_q", "attn.hook_k", "attn.hook_v"):
-            proj = {"attn.hook_q": attn.q_proj, "attn.hook_k": attn.k_proj, "attn.hook_v": attn.v_proj}[hook]
-            new = apply_hooks(proj.output.view(b, p, -1, f.d_head), fns)
+                pre = new
+        qkv_hooks = [h for h in ("attn.hook_q", "attn.hook_k", "attn.hook_v") if h in fns]
+        if qkv_hooks:
+            self._visit_qkv(attn, fns, qkv_hooks, b, p)
+        internals = [h for h in _TAP_OPS if h in fns]
+        if internals:
+            self._visit_internals(attn, fns, internals)
+        if "attn.hook_z" in fns:
+            o = _envoy(attn, arch.o)
+            new = apply_hooks(o.input.view(b, p, f.n_heads, f.d_head), fns["attn.hook_z"])
             if new is not None:
-                proj.output = new.reshape(b, p, -1)
-        elif hook in ("attn.hook_rot_q", "attn.hook_rot_k"):
-            op = getattr(attn.source, ROTARY_OP)
-            q, k = op.output  # [b, head, pos, d_head]
-            i = 0 if hook == "attn.hook_rot_q" else 1
-            new = apply_hooks((q, k)[i].transpose(1, 2), fns)
+                o.input = new.reshape(b, p, -1)
+        if "hook_attn_out" in fns or "hook_resid_mid" in fns:
+            env = _envoy(layer, arch.post_attn_norm) if arch.post_attn_norm else attn
+            out = env.output
+            value = out[0] if isinstance(out, tuple) else out
+            new = apply_hooks(value, fns.get("hook_attn_out", []))
+            changed = new is not None
+            value = new if changed else value
+            if "hook_resid_mid" in fns:
+                mid = apply_hooks(pre + value, fns["hook_resid_mid"])
+                if mid is not None:
+                    value, changed = mid - pre, True
+            if changed:
+                env.output = (value, *out[1:]) if isinstance(out, tuple) else value
+        if "hook_mlp_out" in fns:
+            env = _envoy(layer, arch.post_mlp_norm or arch.mlp)
+            out = env.output
+            flat = out.ndim == 2  # OPT's MLP runs on [batch * pos, d]
+            new = apply_hooks(out.view(b, p, -1) if flat else out, fns["hook_mlp_out"])
             if new is not None:
-                out = [q, k]
-                out[i] = new.transpose(1, 2)
-                op.output = tuple(out)
-        elif hook in ATTENTION_WEIGHT_HOOKS:
-            softmax = getattr(getattr(attn.source, self._attn_op).source, SOFTMAX_OP)
-            if hook == "attn.hook_attn_scores":
-                new = apply_hooks(softmax.input, fns)
-                if new is not None:
-                    softmax.input = new
-            else:
-                new = apply_hooks(softmax.output, fns)
-                if new is not None:
-                    softmax.output = new
-        elif hook == "attn.hook_z":
-            new = apply_hooks(attn.o_proj.input.view(b, p, f.n_heads, f.d_head), fns)
-            if new is not None:
-                attn.o_proj.input = new.reshape(b, p, -1)
-        elif hook == "hook_attn_out":
-            out = attn.output
-            new = apply_hooks(out[0], fns)
-            if new is not None:
-                attn.output = (new, *out[1:])
-        elif hook == "hook_resid_mid":
-            # the residual add after attention: writing its output updates both the MLP's input
-            # and the residual carried past the MLP
-            op = getattr(layer.source, self._resid_mid_op)
-            new = apply_hooks(op.output, fns)
-            if new is not None:
-                op.output = new
-        elif hook == "hook_mlp_out":
-            new = apply_hooks(layer.mlp.output, fns)
-            if new is not None:
-                layer.mlp.output = new
-        elif hook == "hook_resid_post":
+                env.output = new.reshape(out.shape)
+        if "hook_resid_post" in fns:
             out = layer.output
             is_tuple = isinstance(out, tuple)
-            new = apply_hooks(out[0] if is_tuple else out, fns)
+            new = apply_hooks(out[0] if is_tuple else out, fns["hook_resid_post"])
             if new is not None:
                 layer.output = (new, *out[1:]) if is_tuple else new
-        else:  # pragma: no cover - parse_site only lets known hooks through
-            raise ValueError(f"the nnsight engine cannot reach {site.name}")
+
+    def _visit_qkv(self, attn, fns, hooks, b, p) -> None:
+        f, arch = self.facts, self.arch
+        if arch.qkv is not None:
+            env = _envoy(attn, arch.qkv)
+            out = env.output
+            parts = list(arch.split_qkv(out, f.n_heads, f.n_kv_heads, f.d_head))
+            changed = False
+            for h in hooks:
+                i = "qkv".index(h[-1])
+                new = apply_hooks(parts[i], fns[h])
+                if new is not None:
+                    parts[i], changed = new, True
+            if changed:
+                env.output = arch.join_qkv(*parts).reshape(out.shape)
+            return
+        for h in hooks:
+            env = _envoy(attn, getattr(arch, h[-1]))
+            new = apply_hooks(env.output.view(b, p, -1, f.d_head), fns[h])
+            if new is not None:
+                env.output = new.reshape(b, p, -1)
+
+    def _visit_internals(self, attn, fns, hooks) -> None:
+        call = getattr(attn.source, self._attn_op)
+        if self.tapped:
+            src = call.source
+            for h in hooks:
+                op = getattr(src, _TAP_OPS[h])
+                value = op.output
+                rot = h in ("attn.hook_rot_q", "attn.hook_rot_k")
+                new = apply_hooks(value.transpose(1, 2) if rot else value, fns[h])
+                if new is not None:
+                    op.output = new.transpose(1, 2) if rot else new
+            return
+        # a served model's own eager attention: q/k are the call's inputs, scores/pattern the softmax's
+        rot = [h for h in hooks if h in ("attn.hook_rot_q", "attn.hook_rot_k")]
+        if rot:
+            args = call.inputs[0]
+            for h in rot:
+                i = 1 if h == "attn.hook_rot_q" else 2
+                new = apply_hooks(args[i].transpose(1, 2), fns[h])
+                if new is not None:
+                    raise ValueError(f"{h}: editing queries/keys on a served model is not supported; edit attn.hook_q/hook_k")
+        weights = [h for h in hooks if h in ATTENTION_WEIGHT_HOOKS]
+        if weights:
+            softmax = getattr(call.source, SOFTMAX_OP)
+            if "attn.hook_attn_scores" in weights:
+                new = apply_hooks(softmax.input, fns["attn.hook_attn_scores"])
+                if new is not None:
+                    softmax.input = new
+            if "attn.hook_pattern" in weights:
+                new = apply_hooks(softmax.output, fns["attn.hook_pattern"])
+                if new is not None:
+                    softmax.output = new
 
 
 def _attention_op_name(attn_envoy) -> str:
-    """Name of the call to the attention function inside ``self_attn.forward`` (the last
-    ``attention_interface_*`` op in current transformers)."""
+    """Name of the call to the attention function inside the attention module's forward (the
+    last ``attention_interface_*`` op in current transformers)."""
     names = [n for n in attn_envoy.source.names if n.startswith("attention_interface")]
     if not names:
         raise NotImplementedError(
-            "could not find the attention-function call inside self_attn.forward; this transformers "
+            "could not find the attention-function call inside the attention module's forward; this transformers "
             "version is not supported by the nnsight engine: use engine='transformer-lens'"
         )
     return names[-1]
-
-
-def _resid_mid_op_name(layer_envoy) -> str:
-    """Name of ``hidden_states = residual + attn_output`` inside the decoder layer's forward:
-    the first ``hidden_states_*`` op after the self-attention call."""
-    names = list(layer_envoy.source.names)
-    attn = [i for i, n in enumerate(names) if n.startswith("self_self_attn")]
-    after = [n for n in names[attn[0] + 1:] if n.startswith("hidden_states")] if attn else []
-    if not after:
-        raise NotImplementedError(
-            "could not find the residual add after attention inside the decoder layer; this "
-            "architecture is not supported by the nnsight engine: use engine='transformer-lens'"
-        )
-    return after[0]

@@ -107,7 +107,7 @@ class _Setup:
         self.ids, self.mask = to_left_padding(ids, mask, model.pad_token_id)
         if not torch.equal(self.clean_mask, self.mask):
             raise ValueError("clean and corrupted prompts differ in length row by row: patching needs token-aligned pairs")
-        self.runner = runner or DecoderRunner(model.hf_model)
+        self.runner = runner or model.runner
         self.state: CorruptedState = self.runner.corrupted_state(self.ids, self.mask)
         self.clean_metric = float("nan")
         if clean is not None:

@@ -4,45 +4,75 @@ Activation patching changes nothing below the patched layer, and nothing at posi
 first patched position (attention is causal).  So a patched run can start from the corrupted
 run's residual stream at layer L, and when only the final position is patched, it can run that one
 position through layers L..N-1, reading every earlier position's keys and values from the
-corrupted run's cache.  TransformerLens's ``start_at_layer`` still executes blocks 0..L-1, so this
-runner calls the decoder layers of a plain transformers twin (:func:`interp.plain.plain_twin`,
-same weight tensors) itself.  Supports Llama-style decoders (``model.layers``, ``model.norm``,
-``model.rotary_emb``, ``lm_head``).
+corrupted run's cache.  TransformerLens's ``start_at_layer`` still executes blocks 0..L-1.
 
-Edits inside the run are torch hooks on the twin, removed when the call returns or raises:
-``attn.hook_z`` (pre-hook on ``o_proj``), ``hook_attn_out`` and ``hook_mlp_out``.
+The runner works on the plain-PyTorch engine's twin (:mod:`interp.engines.torch_engine`: same
+weight tensors, tapped eager attention) and runs *transformers' own forward* of that twin, with
+the layers below L swapped for pass-throughs and layer L's input replaced by the given residual.
+So every family in :mod:`interp.architectures` gets its own masks (sliding windows per layer),
+positions (learned, rotary, per-layer rotary bases), norms, softcapping and parallel blocks
+exactly as its full forward computes them; a test checks equality with full forwards on all of
+them.  The cached prefix is a transformers ``DynamicCache`` whose layers return
+prefix + new keys/values without storing them, so one prefix serves any number of runs.
+
+Edits inside a run are any sites of :mod:`interp.sites` at layers ≥ L, as (layer, hook, fn)
+triples, applied by :mod:`interp.torch_sites` and removed when the call returns or raises.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from interp.model import position_ids_from_mask
-from interp.plain import plain_twin
+from interp.sites import BLOCK_HOOKS, Site
+from interp.torch_sites import installed
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
-RUNNER_SITES = ("attn.hook_z", "hook_attn_out", "hook_mlp_out")
+RUNNER_SITES = tuple(BLOCK_HOOKS)
+
+
+class _PrefixLayer(DynamicLayer):
+    """A cache layer holding a fixed prefix: ``update`` returns prefix + new states and stores
+    nothing (variants stacked along the batch get the prefix repeated)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, record: dict | None, index: int):
+        super().__init__()
+        self.keys, self.values, self.is_initialized = keys, values, True
+        self.dtype, self.device = keys.dtype, keys.device
+        self._record, self._index = record, index
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        k, v = self.keys, self.values
+        if k.shape[0] != key_states.shape[0]:
+            reps = key_states.shape[0] // k.shape[0]
+            k, v = k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1)
+        k, v = torch.cat([k, key_states], -2), torch.cat([v, value_states], -2)
+        if self._record is not None:
+            self._record[self._index] = k
+        return k, v
+
+    def get_seq_length(self) -> int:
+        return self.keys.shape[-2]
 
 
 @dataclass
 class PrefixKV:
     """Keys/values of the first P positions at every layer, [batch, kv_head, P, d_head] each
-    (post-RoPE keys, as attention consumes them).  Acts as the ``past_key_values`` object that
-    transformers' attention calls ``update`` on: it prepends the prefix without storing anything,
-    so one PrefixKV serves any number of runs."""
+    (keys as attention consumes them: after k-norm and rotary).  :meth:`cache` gives the
+    transformers cache object a run reads them from."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
 
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        k, v = self.keys[layer_idx], self.values[layer_idx]
-        if k.shape[0] != key_states.shape[0]:  # variants stacked along the batch
-            reps = key_states.shape[0] // k.shape[0]
-            k, v = k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1)
-        return torch.cat([k, key_states], 2), torch.cat([v, value_states], 2)
+    def cache(self, record: dict | None = None) -> DynamicCache:
+        """A fresh cache over these keys/values; ``record`` (a dict) receives every layer's full
+        prefix + rows keys."""
+        cache = DynamicCache()
+        cache.layers = [_PrefixLayer(k, v, record, i) for i, (k, v) in enumerate(zip(self.keys, self.values))]
+        return cache
 
     @property
     def length(self) -> int:
@@ -66,36 +96,48 @@ class CorruptedState:
         return PrefixKV([k[:, :, :length] for k in self.keys], [v[:, :, :length] for v in self.values])
 
 
+class _Skip(torch.nn.Module):
+    """Stands in for a decoder layer below the start layer: returns its input unchanged."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        for attr in ("attention_type", "layer_idx"):
+            if hasattr(layer, attr):
+                setattr(self, attr, getattr(layer, attr))
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
 class DecoderRunner:
-    def __init__(self, hf_model: torch.nn.Module):
-        self.twin = plain_twin(hf_model)
-        inner = self.twin.model
-        if not all(hasattr(inner, a) for a in ("layers", "norm", "rotary_emb")):
-            raise NotImplementedError(
-                f"{type(self.twin).__name__} is not a Llama-style decoder: the patching fast path needs "
-                "model.layers, model.norm and model.rotary_emb"
-            )
-        self.layers = inner.layers
-        cfg = self.twin.config
-        self.n_heads = cfg.num_attention_heads
-        self.d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+    """Fast paths over the plain-PyTorch engine's twin of a model (see the module docstring).
+    Built once per :class:`~interp.model.Model` (``model.runner``)."""
+
+    def __init__(self, model):
+        from interp.engines.torch_engine import TorchEngine
+
+        engine = model if isinstance(model, TorchEngine) else TorchEngine(getattr(model, "hf_model", model))
+        self.engine = engine
+        self.twin, self.arch, self.facts = engine.twin, engine.arch, engine.facts
+        self.layers = self.arch.layer_list(self.twin)
+        self.n_heads, self.d_head = self.facts.n_heads, self.facts.d_head
 
     @torch.no_grad()
     def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CorruptedState:
         """One full forward that records what patched runs start from."""
         position_ids = position_ids_from_mask(attention_mask)
-        seen = {}
-        handle = self.twin.model.norm.register_forward_pre_hook(lambda m, args: seen.setdefault("final", args[0]))
-        try:
+        n = len(self.layers)
+        resid = {}
+        hooks = [(Site(l, "hook_resid_pre"), lambda t, l=l: resid.__setitem__(l, t)) for l in range(n)]
+        hooks.append((Site(n - 1, "hook_resid_post"), lambda t: resid.__setitem__(n, t)))
+        cache = DynamicCache()
+        with installed(self.twin, self.arch, self.facts, hooks):
             out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=True, output_hidden_states=True)
-        finally:
-            handle.remove()
-        cache = out.past_key_values
-        keys = [cache.layers[i].keys for i in range(len(self.layers))]
-        values = [cache.layers[i].values for i in range(len(self.layers))]
-        resid_pre = torch.stack(out.hidden_states[: len(self.layers)])
-        return CorruptedState(resid_pre, seen["final"], keys, values, out.logits, attention_mask, position_ids)
+                            cache=cache, use_cache=True)
+        keys = [cache.layers[i].keys for i in range(n)]
+        values = [cache.layers[i].values for i in range(n)]
+        resid_pre = torch.stack([resid[l] for l in range(n)])
+        return CorruptedState(resid_pre, resid[n], keys, values, out.logits, attention_mask, position_ids)
 
     def resid_post(self, state: CorruptedState, layer: int) -> torch.Tensor:
         """The residual leaving ``layer`` in ``state``: [batch, pos, d_model]."""
@@ -123,65 +165,60 @@ class DecoderRunner:
         prefix: PrefixKV | None = None,
         edits: Sequence[tuple[int, str, EditFn]] = (),
         last_only: bool = False,
+        record_keys: dict | None = None,
     ) -> torch.Tensor:
         """Logits of running ``hidden`` [batch, q, d_model] (the residual entering ``layer``)
         through layers ``layer``.. and the head.
 
         ``position_ids`` [batch, q] are the absolute positions of the q rows; ``attention_mask``
         [batch, P + q] covers the prefix and the rows; ``prefix`` holds the keys/values of the
-        first P positions.  ``edits``: (layer, site, fn) with site in RUNNER_SITES.
-        ``last_only``: unembed only the last row (the vocabulary projection is the largest matmul
-        of a small model; metrics read the final position) and return [batch, 1, vocab].
+        first P positions.  ``edits``: (layer, hook, fn) with hook any block site of
+        :mod:`interp.sites` at a layer ≥ ``layer``.  ``last_only``: unembed only the last row and
+        return [batch, 1, vocab].  ``record_keys`` (a dict) receives each layer's prefix + rows keys.
         """
         batch, q_len, _ = hidden.shape
         p_len = prefix.length if prefix is not None else 0
         if attention_mask.shape != (batch, p_len + q_len):
             raise ValueError(f"attention_mask must be [batch, prefix + rows] = {(batch, p_len + q_len)}, got {tuple(attention_mask.shape)}")
-        mask4d = _additive_mask(attention_mask, q_len, hidden.dtype)
-        position_embeddings = self.twin.model.rotary_emb(hidden, position_ids=position_ids)
-        with self._edits(edits):
-            for decoder_layer in self.layers[layer:]:
-                hidden = decoder_layer(
-                    hidden, attention_mask=mask4d, position_embeddings=position_embeddings, position_ids=position_ids,
-                    past_key_values=prefix, use_cache=False,
-                )
-            if last_only:
-                hidden = hidden[:, -1:]
-            return self.twin.lm_head(self.twin.model.norm(hidden))
+        for l, hook, _ in edits:
+            if l < layer:
+                raise ValueError(f"edit at layer {l} cannot apply to a run that starts at layer {layer}")
+        if prefix is None and record_keys is not None:
+            raise ValueError("record_keys needs a prefix")
+        cache = prefix.cache(record_keys) if prefix is not None else DynamicCache()
 
-    @contextmanager
-    def _edits(self, edits):
-        handles = []
+        def set_input(module, args, kwargs):
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+        hooks = [(Site(l, hook), fn) for l, hook, fn in edits]
+        originals = list(self.layers)
+        extra = {"logits_to_keep": 1} if last_only else {}
+        handle = originals[layer].register_forward_pre_hook(set_input, with_kwargs=True)
         try:
-            for layer, site, fn in edits:
-                handles.append(self._register(layer, site, fn))
-            yield
+            for i in range(layer):
+                self.layers[i] = _Skip(originals[i])
+            dummy = torch.zeros(batch, q_len, self.facts.d_model, dtype=hidden.dtype, device=hidden.device)
+            with installed(self.twin, self.arch, self.facts, hooks):
+                out = self.twin(inputs_embeds=dummy, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                                use_cache=True, **extra)
         finally:
-            for h in handles:
-                h.remove()
+            handle.remove()
+            for i in range(layer):
+                self.layers[i] = originals[i]
+        return out.logits
 
-    def _register(self, layer: int, site: str, fn: EditFn):
-        block = self.layers[layer]
-        if site == "attn.hook_z":
-            def pre_hook(module, args):
-                z = args[0]
-                new = fn(z.view(*z.shape[:-1], self.n_heads, self.d_head))
-                return (new.reshape(z.shape), *args[1:])
-
-            return block.self_attn.o_proj.register_forward_pre_hook(pre_hook)
-        if site == "hook_attn_out":
-            return block.self_attn.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]))
-        if site == "hook_mlp_out":
-            return block.mlp.register_forward_hook(lambda m, a, out: fn(out))
-        raise ValueError(f"the layer runner edits {RUNNER_SITES}, not {site!r}")
-
-
-def _additive_mask(attention_mask: torch.Tensor, q_len: int, dtype) -> torch.Tensor:
-    """Eager-attention mask [batch, 1, q, k]: 0 where row i (absolute position k_len - q + i) may
-    attend to key j (causal and not padding), the dtype's minimum elsewhere."""
-    batch, k_len = attention_mask.shape
-    rows = torch.arange(k_len - q_len, k_len, device=attention_mask.device)[:, None]
-    cols = torch.arange(k_len, device=attention_mask.device)[None, :]
-    allowed = (cols <= rows)[None] & attention_mask.bool()[:, None, :]
-    mask = torch.zeros(batch, 1, q_len, k_len, dtype=dtype, device=attention_mask.device)
-    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    def run_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
+                   prefix: PrefixKV | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False) -> torch.Tensor:
+        """Logits of token rows ``input_ids`` [batch, q] after ``prefix`` (the model's own
+        embeddings, learned positions included); arguments as in :meth:`run_from`."""
+        batch, q_len = input_ids.shape
+        p_len = prefix.length if prefix is not None else 0
+        if attention_mask.shape != (batch, p_len + q_len):
+            raise ValueError(f"attention_mask must be [batch, prefix + rows] = {(batch, p_len + q_len)}, got {tuple(attention_mask.shape)}")
+        cache = prefix.cache() if prefix is not None else DynamicCache()
+        hooks = [(Site(l, hook), fn) for l, hook, fn in edits]
+        extra = {"logits_to_keep": 1} if last_only else {}
+        with installed(self.twin, self.arch, self.facts, hooks):
+            out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                            use_cache=True, **extra)
+        return out.logits
