@@ -93,7 +93,7 @@ class HookSet:
                     handles += self._register(site, fn)
             for site, fn in mids:  # after the others: sees resid_pre after its edits
                 handles += self._register_mid(site, fn)
-            with tapping({k: _tap_callback(v) for k, v in taps.items()}):
+            with tapping({k: tap_callback(v) for k, v in taps.items()}):
                 yield self
         finally:
             for h in handles:
@@ -200,7 +200,7 @@ def _first_output_hook(fn: HookFn, shape: dict | None = None):
     return hook
 
 
-def _tap_callback(entries):
+def tap_callback(entries):
     """One tap callback for an attention module: converts to TransformerLens layout and back."""
     def callback(point, value):
         changed = False

@@ -4,10 +4,19 @@ TransformerLens names are the site vocabulary, so sites map onto hook points one
 (``logits`` is ``unembed.hook_out``).  Hooks are added with ``bridge.hooks(...)``, which removes
 exactly the hooks it added when the call returns or raises; hooks a user attached stay.
 
-``boot_transformers`` converts the model it is given in place (eager attention, bridge
+````boot_transformers`` converts the model it is given in place (eager attention, bridge
 submodules) and rewrites the tokenizer's special tokens, so a model the user passed in is
 deep-copied first and the bridge always gets a copy of the tokenizer: the user's objects keep
-behaving as before.
+behaving as before.  A model with an empty ``config.architectures`` (fresh from a GGUF) gets its
+class name there, on the copy.
+
+Attention internals mean the same as on the other engines (what the attention function receives
+and computes, :mod:`interp.attention`).  For families whose bridge calls the transformers
+attention module itself (GPT-J, OPT, ...), TransformerLens's ``hook_attn_scores`` is the
+post-softmax pattern and its knockouts are only warned about; there the copy runs the tapped
+attention and these four sites are its tap points.  Where the bridge computes attention itself,
+its own hooks are used; on a model without rotary positions ``hook_rot_q/rot_k`` are the
+queries/keys attention receives (``hook_q/hook_k``).  A site whose hook does not fire raises.
 """
 from __future__ import annotations
 
@@ -16,8 +25,12 @@ from typing import Sequence
 
 import torch
 
+from interp.attention import tapping, use_tapped
 from interp.engines.base import Engine, HookFn, ModelFacts
 from interp.sites import Site
+from interp.torch_sites import tap_callback
+
+_TAP_SITES = {"attn.hook_rot_q": "rot_q", "attn.hook_rot_k": "rot_k", "attn.hook_attn_scores": "scores", "attn.hook_pattern": "pattern"}
 
 _GLOBAL_HOOK_NAMES = {"logits": "unembed.hook_out", "hook_embed": "hook_embed"}
 
@@ -25,7 +38,7 @@ _GLOBAL_HOOK_NAMES = {"logits": "unembed.hook_out", "hook_embed": "hook_embed"}
 class TransformerLensEngine(Engine):
     name = "transformer-lens"
 
-    def __init__(self, bridge, tokenizer=None):
+    def __init__(self, bridge, tokenizer=None, *, owned: bool = False):
         self.bridge = bridge
         cfg = bridge.cfg
         self.tokenizer = tokenizer if tokenizer is not None else bridge.tokenizer
@@ -38,6 +51,9 @@ class TransformerLensEngine(Engine):
             n_ctx=cfg.n_ctx,
             d_vocab=cfg.d_vocab,
         )
+        # only a bridge this engine booted (on its own copy) is switched to the tapped attention;
+        # a user's bridge runs as the user built it
+        self._attn_modules = self._find_tapped_attention() if owned else None
 
     @classmethod
     def from_hf(cls, hf_model, tokenizer, *, copy_model: bool = True, name: str = "model") -> "TransformerLensEngine":
@@ -45,12 +61,14 @@ class TransformerLensEngine(Engine):
         from transformer_lens.model_bridge import TransformerBridge
 
         model = copy.deepcopy(hf_model) if copy_model else hf_model
+        if not getattr(model.config, "architectures", None):
+            model.config.architectures = [type(model).__name__]
         # booting also rewrites the tokenizer (padding side, bos/eos/pad tokens): give it a copy
         bridge = TransformerBridge.boot_transformers(
             name, hf_model=model, tokenizer=copy.deepcopy(tokenizer), dtype=next(model.parameters()).dtype
         )
         bridge.eval()
-        return cls(bridge, tokenizer)
+        return cls(bridge, tokenizer, owned=True)
 
     @property
     def hf_model(self) -> torch.nn.Module:
@@ -59,12 +77,82 @@ class TransformerLensEngine(Engine):
     def hook_name(self, site: Site) -> str:
         return _GLOBAL_HOOK_NAMES[site.hook] if site.layer is None else site.name
 
+    def _find_tapped_attention(self) -> list | None:
+        """The transformers attention module of every layer, when the bridge calls them (then
+        the copy is switched to the tapped attention); None when the bridge computes attention
+        itself.  Decided by one tiny forward whose tap callbacks count."""
+        try:
+            from interp.architectures import architecture_of
+            from interp.plain import _plain_key
+
+            arch = architecture_of(self.hf_model)
+        except Exception:  # an architecture outside the table: TransformerLens's hooks only
+            return None
+        paths = {arch.path(l, "attn"): l for l in range(self.facts.n_layers)}
+        modules = [None] * self.facts.n_layers
+        for name, module in self.hf_model.named_modules():
+            l = paths.get(_plain_key(name))
+            if l is not None and modules[l] is None and type(module).__name__.endswith("Attention"):
+                modules[l] = module
+        if any(m is None for m in modules):
+            return None
+        previous = self.hf_model.config._attn_implementation
+        use_tapped(self.hf_model)
+        seen = set()
+        with tapping({id(m): (lambda p, v, l=l: seen.add(l)) for l, m in enumerate(modules)}), torch.no_grad():
+            self.bridge(torch.zeros(1, 2, dtype=torch.long, device=next(self.hf_model.parameters()).device))
+        if len(seen) == len(modules):
+            return modules
+        for m in self.hf_model.modules():  # not called: put the implementation back
+            cfg = getattr(m, "config", None)
+            if cfg is not None and hasattr(cfg, "_attn_implementation"):
+                cfg._attn_implementation = previous
+        return None
+
+    def check_sites(self, sites: Sequence[Site]) -> None:
+        from interp.architectures import ARCHITECTURES
+        from interp.torch_sites import check_site_exists
+
+        arch = ARCHITECTURES.get(getattr(self.hf_model.config, "model_type", None))
+        if arch is not None:
+            for s in sites:
+                check_site_exists(arch, self.hf_model.config, s)
+
+    def _rotary(self) -> bool:
+        return any(n.endswith("attn.hook_rot_q") for n in self.bridge.hook_dict)
+
+    def hook_point(self, site: Site) -> str:
+        """The bridge hook point that carries ``site``."""
+        if site.hook in ("attn.hook_rot_q", "attn.hook_rot_k") and not self._rotary():
+            return site.name.replace("hook_rot_", "hook_")
+        name = self.hook_name(site)
+        if name not in self.bridge.hook_dict:
+            raise ValueError(f"{site.name}: TransformerLens's bridge for this model has no hook point {name!r}; use engine='nnsight'")
+        return name
+
     def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None,
                 last_only: bool = False) -> torch.Tensor:
-        fwd_hooks = [(self.hook_name(site), _tl_hook(fn)) for site, fn in hooks]
+        from interp.engines.torch_engine import raise_unfired
+
+        fired: set[str] = set()
+
+        def mark(site, fn):
+            def wrapped(t):
+                fired.add(site.name)
+                return fn(t)
+            return wrapped
+
+        fwd_hooks, taps = [], {}
+        for site, fn in hooks:
+            if self._attn_modules is not None and site.hook in _TAP_SITES:
+                taps.setdefault(id(self._attn_modules[site.layer]), []).append((_TAP_SITES[site.hook], site.hook, mark(site, fn)))
+            else:
+                fwd_hooks.append((self.hook_point(site), _tl_hook(mark(site, fn))))
         extra = {"logits_to_keep": 1} if last_only else {}
-        with self.bridge.hooks(fwd_hooks=fwd_hooks):
-            return self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra)
+        with tapping({k: tap_callback(v) for k, v in taps.items()}), self.bridge.hooks(fwd_hooks=fwd_hooks):
+            out = self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra)
+        raise_unfired(hooks, fired, self.name)
+        return out
 
     def W_O(self, layer: int) -> torch.Tensor:
         return self.bridge.blocks[layer].attn.W_O
