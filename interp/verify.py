@@ -6,10 +6,14 @@ Each check is a max-abs difference against a threshold:
   forward of the same weights (eager attention), no hooks: ≤ 1e-4.
 - ``resid_post_vs_hidden_states``: ``blocks.{l}.hook_resid_post`` vs the model's own
   ``hidden_states[l + 1]`` (the last one through the final norm, as transformers returns it): ≤ 1e-5.
-- ``heads_sum_vs_attn_out``: Σ_h ``attn.hook_result`` (+ b_O) vs ``hook_attn_out``, divided by
+- ``heads_sum_vs_attn_out``: Σ_h ``attn.hook_result`` (+ b_O, through the post-attention norm on
+  families that have one) vs ``hook_attn_out``, divided by
   max(1, max|attn_out|): ≤ 1e-5.  Relative because attn_out itself is a float32 matmul whose
   rounding grows with its size (SmolLM2's layer 24 reaches |attn_out| = 184, where one float32 ulp
   is 1.5e-5); with ``dtype=torch.float64`` the absolute difference is ~1e-15 (measured 2.3e-15).
+- ``sites_vs_reference``: every site of the README table through the engine vs the plain-PyTorch
+  reference (:class:`interp.engines.torch_engine.TorchEngine`: torch hooks on a plain eager twin,
+  neither engine): ≤ 1e-5 (logits 1e-4).
 - ``engines_agree_<site>``: the same captures through TransformerLens and nnsight: ≤ 1e-5.
 - ``no_hooks_left``: hook count on the model after the calls, also after a call that raised: 0.
 
@@ -21,9 +25,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from interp.architectures import architecture_of
 from interp.capture import Capture
+from interp.engines.torch_engine import TorchEngine
 from interp.loading import load_model
-from interp.model import position_ids_from_mask
+from interp.model import Model, position_ids_from_mask
 from interp.plain import plain_twin
 
 VERIFY_TEXTS = [
@@ -102,6 +108,16 @@ def verify(
         plain = reference(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, output_hidden_states=True)
 
     n = first.n_layers
+    arch = architecture_of(reference)
+    final_norm = arch.top(reference, "final_norm")
+    site_names = ["hook_embed", "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q",
+                  "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
+                  "hook_resid_mid", "hook_mlp_out", "hook_resid_post", "logits"]
+    if arch.is_parallel(reference.config):
+        site_names.remove("hook_resid_mid")
+    torch_ref = Model(TorchEngine(first.hf_model, first.tokenizer), tokenizer=first.tokenizer)
+    with torch.no_grad():
+        ref_sites = torch_ref.run(input_ids, attention_mask=mask, capture=site_names).acts
     captures = [
         Capture("attn.hook_pattern"),
         Capture("attn.hook_z"),
@@ -122,7 +138,7 @@ def verify(
         for l in range(n):
             ours = run.acts[f"blocks.{l}.hook_resid_post"]
             if l == n - 1:
-                ours = reference.model.norm(ours)
+                ours = final_norm(ours)
             worst = max(worst, _maxdiff(ours[real], plain.hidden_states[l + 1][real]))
         result.checks.append(Check("resid_post_vs_hidden_states", engine, worst, THRESHOLDS["resid"]))
         worst = 0.0
@@ -131,10 +147,27 @@ def verify(
             b_o = fm.engine.b_O(l)
             if b_o is not None:
                 total = total + b_o
+            post = arch.sub(reference, l, "post_attn_norm")  # what the sublayer adds is after the post-norm
+            if post is not None:
+                with torch.no_grad():
+                    total = post(total)
             attn_out = run.acts[f"blocks.{l}.hook_attn_out"]
             worst = max(worst, _maxdiff(total, attn_out) / max(1.0, float(attn_out.abs().max())))
         result.checks.append(Check("heads_sum_vs_attn_out", engine, worst, THRESHOLDS["heads_sum"]))
         result.checks.append(Check("no_hooks_left", engine, float(_hooks_after_raise(fm, input_ids, mask)), 0.0))
+        try:
+            with torch.no_grad():
+                got = fm.run(input_ids, attention_mask=mask, capture=site_names).acts
+            worst = 0.0
+            for k, v in ref_sites.items():
+                d = got[k].double() - v.double()
+                if "scores" in k:
+                    d = d.masked_fill(v.double() < -1e30, 0)
+                scale = 10.0 if k == "logits" else 1.0  # logits: 1e-4 as above
+                worst = max(worst, float(d.abs().max()) / scale)
+        except (RuntimeError, ValueError):  # a site this engine cannot serve on this model
+            worst = float("inf")
+        result.checks.append(Check("sites_vs_reference", engine, worst, THRESHOLDS["resid"]))
 
     if len(runs) == 2:
         a, b = runs.values()

@@ -191,6 +191,8 @@ class DecoderRunner:
             return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
         hooks = [(Site(l, hook), fn) for l, hook, fn in edits]
+        if layer == len(self.layers):  # past the last layer: the final norm and the unembedding
+            return self.head(hidden[:, -1:] if last_only else hidden)
         originals = list(self.layers)
         extra = {"logits_to_keep": 1} if last_only else {}
         handle = originals[layer].register_forward_pre_hook(set_input, with_kwargs=True)
@@ -206,6 +208,12 @@ class DecoderRunner:
             for i in range(layer):
                 self.layers[i] = originals[i]
         return out.logits
+
+    def head(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits of a residual leaving the last layer: final norm, unembedding, final softcap."""
+        logits = self.arch.top(self.twin, "unembed")(self.arch.top(self.twin, "final_norm")(resid))
+        cap = self.arch.softcaps(self.twin.config)[1]
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def run_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
                    prefix: PrefixKV | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False) -> torch.Tensor:

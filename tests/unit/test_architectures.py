@@ -171,3 +171,20 @@ def test_resid_mid_on_a_parallel_block_raises(engine, tokenizer):
     ids, mask = family_batch()
     with pytest.raises(ValueError, match="in parallel"):
         fm.run(ids, attention_mask=mask, capture=["blocks.0.hook_resid_mid"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_verify_is_the_parity_certificate(family, tokenizer):
+    from interp.verify import verify
+
+    model = make_family_model(family)
+    before = model_fingerprint(model)
+    result = verify(model, tokenizer=tokenizer, texts=["Q: cat\nA: cats\n\nQ: dog\nA:", "Review: good.\nSentiment:"])
+    failed = {(c.name, c.engine) for c in result.checks if not c.passed}
+    if family in TL_NO_ROTARY_HOOKS:
+        assert failed == {("sites_vs_reference", "transformer-lens")}
+    else:
+        assert result.passed, failed
+    names = {c.name for c in result.checks}
+    assert {"sites_vs_reference", "heads_sum_vs_attn_out", "engines_agree_logits", "no_hooks_left"} <= names
+    assert_same_fingerprint(before, model_fingerprint(model))

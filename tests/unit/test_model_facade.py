@@ -297,16 +297,19 @@ def test_prompt_longer_than_context_window_is_explained(facade):
         facade.run(torch.ones(1, 65, dtype=torch.long))
 
 
-def test_sdpa_model_pattern_request_explains_fix(char_tokenizer):
+def test_sdpa_model_gets_patterns_from_an_eager_twin(char_tokenizer):
+    """The nnsight engine wraps a plain eager twin (shared weights), so an sdpa model gives
+    attention patterns, equal to the eager model's, and stays sdpa."""
     from tests.conftest import make_tiny_llama
 
     sdpa = make_tiny_llama(attn_implementation="sdpa")
+    eager = make_tiny_llama(attn_implementation="eager")
     fm = load_model(sdpa, engine="nnsight", tokenizer=char_tokenizer, attn_implementation=None)
-    fm.run("ab cd", capture=["hook_resid_post"])  # residual captures work under sdpa
-    with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        fm.run("ab cd", capture=["attn.hook_pattern"])
-    eager = load_model(sdpa, engine="nnsight", tokenizer=char_tokenizer)  # default: eager copy
-    assert eager.run("ab cd", capture=["attn.hook_pattern"])["blocks.0.attn.hook_pattern"].shape == (1, 4, 5, 5)
+    got = fm.run("ab cd", capture=["attn.hook_pattern"])["blocks.0.attn.hook_pattern"]
+    with torch.no_grad():
+        want = eager(**char_tokenizer("ab cd", return_tensors="pt"), output_attentions=True).attentions[0]
+    assert got.shape == (1, 4, 5, 5)
+    assert float((got - want).abs().max()) <= 1e-6
     assert sdpa.config._attn_implementation == "sdpa"
 
 
