@@ -56,18 +56,24 @@ class GDConfig:
         return dict(self.__dict__)
 
 
-def select_parameters(names: Sequence[str], spec: str) -> list[str]:
-    """The parameter names ``spec`` trains: ``"kv"`` (every k_proj/v_proj weight and bias, Dai),
-    ``"wv:L"`` (layer L's v_proj, Shen), ``"all"``, or a regular expression (``re.search``)."""
+def select_parameters(names: Sequence[str], spec: str, arch=None) -> list[str]:
+    """The parameter names ``spec`` trains: ``"kv"`` (every key and value projection's weight and
+    bias, Dai), ``"wv:L"`` (layer L's value projection, Shen), ``"all"``, or a regular expression
+    (``re.search``).  Module paths come from ``arch`` (:mod:`interp.architectures`; Llama's when
+    None)."""
+    if arch is None:
+        from interp.architectures import ARCHITECTURES
+
+        arch = ARCHITECTURES["llama"]
     if spec == "kv":
-        chosen = [n for n in names if re.search(r"\.(k_proj|v_proj)\.", n)]
+        chosen = arch.kv_parameter_names(names)
     elif spec == "all":
         chosen = list(names)
     elif spec.startswith("wv:"):
         layer = spec[3:]
         if not layer.isdigit():
             raise ValueError(f"params={spec!r}: write wv:LAYER with an integer layer, e.g. wv:15")
-        chosen = [n for n in names if re.search(rf"layers\.{int(layer)}\.self_attn\.v_proj\.", n)]
+        chosen = arch.kv_parameter_names(names, layer=int(layer))
     else:
         try:
             pattern = re.compile(spec)
@@ -132,6 +138,9 @@ class GDCounterpart:
         self.original_name = model.name
         self.model = clone_model(model)
         self.twin = plain_twin(self.model.hf_model)  # shares the copy's parameter tensors
+        from interp.architectures import architecture_of
+
+        self.arch = architecture_of(self.twin)
         self.names = [n for n, _ in self.twin.named_parameters()]
         self._saved: dict[str, torch.Tensor] = {}
         for p in self.twin.parameters():
@@ -154,14 +163,14 @@ class GDCounterpart:
         if sorted(order) != list(range(len(sequences))):
             raise ValueError(f"order must be a permutation of 0..{len(sequences) - 1}, got {order}")
         params = dict(self.twin.named_parameters())
-        trained = select_parameters(self.names, config.params)
+        trained = select_parameters(self.names, config.params, self.arch)
         self._saved = {n: params[n].detach().clone() for n in trained}
         for n in trained:
             params[n].requires_grad_(True)
         opt = (torch.optim.SGD([params[n] for n in trained], lr=config.lr) if config.optimizer == "sgd"
                else torch.optim.Adam([params[n] for n in trained], lr=config.lr))
         losses: list[float] = []
-        n_layers = len(self.twin.model.layers)
+        n_layers = len(self.arch.layer_list(self.twin))
         queries: list[list[torch.Tensor | None]] = [[None] * len(sequences) for _ in range(n_layers)]
         try:
             self.twin.train(False)
@@ -199,9 +208,10 @@ class GDCounterpart:
             else:
                 weights[i, : len(s) - 1] = 1.0 / (len(s) - 1)
         targets = torch.roll(ids, -1, dims=1)
-        layers = twin.model.layers
+        arch = self.arch
+        layers = arch.layer_list(twin)
         handles, hidden, qs = [], [], [[] for _ in layers]
-        d_head = twin.config.hidden_size // twin.config.num_attention_heads
+        d_head = getattr(twin.config, "head_dim", None) or twin.config.hidden_size // twin.config.num_attention_heads
         try:
             if config.layer_causal:
                 def detach_input(module, args, kwargs):
@@ -215,16 +225,23 @@ class GDCounterpart:
                     handles.append(layer.register_forward_pre_hook(detach_input, with_kwargs=True))
                     handles.append(layer.register_forward_hook(keep_output))
             if record_queries:
-                for l, layer in enumerate(layers):
+                if arch.q is None:
+                    raise ValueError(f"{arch.name} fuses its query projection with keys and values: recording the "
+                                     "fine-tuning queries is not supported there")
+                for l in range(len(layers)):
                     def keep_q(module, args, out, l=l):
                         qs[l] = [(out[i, : len(s)] / d_head ** 0.5).detach().cpu() for i, s in enumerate(seqs)]
-                    handles.append(layer.self_attn.q_proj.register_forward_hook(keep_q))
+                    handles.append(arch.sub(twin, l, "q").register_forward_hook(keep_q))
             out = twin(input_ids=ids, attention_mask=mask)
         finally:
             for h in handles:
                 h.remove()
         if config.layer_causal:
-            logits_per_layer = [twin.lm_head(twin.model.norm(h)) for h in hidden]
+            norm, unembed = arch.top(twin, "final_norm"), arch.top(twin, "unembed")
+            cap = arch.softcaps(twin.config)[1]
+            logits_per_layer = [unembed(norm(h)) for h in hidden]
+            if cap:
+                logits_per_layer = [torch.tanh(lg / cap) * cap for lg in logits_per_layer]
         else:
             logits_per_layer = [out.logits]
         loss = sum(_weighted_ce(lg, targets, weights, len(seqs)) for lg in logits_per_layer)
