@@ -34,7 +34,7 @@ from interp.attention import tapping
 from interp.sites import Site
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
-_TAP_POINTS = {"attn.hook_rot_q": "rot_q", "attn.hook_rot_k": "rot_k", "attn.hook_attn_scores": "scores", "attn.hook_pattern": "pattern"}
+TAP_SITES = {"attn.hook_rot_q": "rot_q", "attn.hook_rot_k": "rot_k", "attn.hook_attn_scores": "scores", "attn.hook_pattern": "pattern"}
 
 
 class ParallelBlockError(ValueError):
@@ -84,9 +84,9 @@ class HookSet:
         try:
             for site, fn in self.hooks:
                 fn = self._mark(site, fn)
-                if site.hook in _TAP_POINTS:
+                if site.hook in TAP_SITES:
                     attn = self.arch.sub(self.model, site.layer, "attn")
-                    taps.setdefault(id(attn), []).append((_TAP_POINTS[site.hook], site.hook, fn))
+                    taps.setdefault(id(attn), []).append((TAP_SITES[site.hook], site.hook, fn))
                 elif site.hook == "hook_resid_mid":
                     mids.append((site, fn))
                 else:

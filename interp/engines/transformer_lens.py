@@ -28,9 +28,7 @@ import torch
 from interp.attention import tapping, use_tapped
 from interp.engines.base import Engine, HookFn, ModelFacts
 from interp.sites import Site
-from interp.torch_sites import tap_callback
-
-_TAP_SITES = {"attn.hook_rot_q": "rot_q", "attn.hook_rot_k": "rot_k", "attn.hook_attn_scores": "scores", "attn.hook_pattern": "pattern"}
+from interp.torch_sites import TAP_SITES, tap_callback
 
 _GLOBAL_HOOK_NAMES = {"logits": "unembed.hook_out", "hook_embed": "hook_embed"}
 
@@ -144,8 +142,8 @@ class TransformerLensEngine(Engine):
 
         fwd_hooks, taps = [], {}
         for site, fn in hooks:
-            if self._attn_modules is not None and site.hook in _TAP_SITES:
-                taps.setdefault(id(self._attn_modules[site.layer]), []).append((_TAP_SITES[site.hook], site.hook, mark(site, fn)))
+            if self._attn_modules is not None and site.hook in TAP_SITES:
+                taps.setdefault(id(self._attn_modules[site.layer]), []).append((TAP_SITES[site.hook], site.hook, mark(site, fn)))
             else:
                 fwd_hooks.append((self.hook_point(site), _tl_hook(mark(site, fn))))
         extra = {"logits_to_keep": 1} if last_only else {}
