@@ -101,22 +101,6 @@ class Architecture:
             return [window] * n
         return [window if t == "sliding_attention" else None for t in types]
 
-    def describe(self, config) -> dict:
-        """What the table says about this config (recorded by verify and results)."""
-        softcap_attn, softcap_final = self.softcaps(config)
-        return {
-            "family": self.name,
-            "fused_qkv": self.qkv is not None,
-            "norms": {"pre": [r for r in (self.ln_attn, self.ln_mlp) if r], "post": [r for r in (self.post_attn_norm, self.post_mlp_norm) if r],
-                      "qk": self.q_norm is not None},
-            "positions": self.positions,
-            "parallel": self.is_parallel(config),
-            "attn_softcap": softcap_attn,
-            "final_softcap": softcap_final,
-            "embed_scale": self.embed_scale,
-            "sliding_windows": sorted({w for w in self.sliding_windows(config) if w}),
-        }
-
     # --- module access --------------------------------------------------------------------------
     def layer_list(self, model) -> torch.nn.ModuleList:
         return model.get_submodule(self.layers)
@@ -174,24 +158,19 @@ class Architecture:
         return torch.cat([q.reshape(b, p, -1), k.reshape(b, p, -1), v.reshape(b, p, -1)], dim=-1)
 
     def kv_parameter_names(self, names, layer: int | None = None) -> list[str]:
-        """Parameter names of the key and value projections (all layers, or one)."""
+        """Parameter names of the key and value projections of every layer, or only the value
+        projection of ``layer`` (Shen et al.'s W_V)."""
         if self.qkv is not None:
             raise ValueError(
                 f"{self.name} fuses q, k and v into one projection ({self.qkv}), so params='kv' cannot train keys and "
                 "values alone: pass a regular expression over parameter names (e.g. the fused projection) instead"
             )
-        layers = range(10**9) if layer is None else [layer]
-        out = []
-        for n in names:
-            for role in ("k", "v") if layer is None else ("v",):
-                prefix = f"{self.layers}."
-                if n.startswith(prefix):
-                    rest = n[len(prefix):]
-                    idx, _, tail = rest.partition(".")
-                    if idx.isdigit() and (layer is None or int(idx) in layers) and tail.startswith(f"{self.attn}.{getattr(self, role)}."):
-                        out.append(n)
-        return out
+        import re
 
+        index = r"\d+" if layer is None else str(layer)
+        roles = "|".join(re.escape(getattr(self, r)) for r in (("k", "v") if layer is None else ("v",)))
+        pattern = re.compile(rf"{re.escape(self.layers)}\.{index}\.{re.escape(self.attn)}\.({roles})\.")
+        return [n for n in names if pattern.match(n)]
 
 ATTN_ROLES = frozenset({"q", "k", "v", "qkv", "o", "q_norm", "k_norm"})
 

@@ -61,16 +61,16 @@ class SharedPrefix:
             pats = torch.cat([torch.nn.functional.pad(o.patterns, (0, width - o.patterns.shape[-1])) for o in outs], dim=1)
         return PrefixRun(torch.cat([o.logits for o in outs]), pats, torch.cat([o.final_positions for o in outs]), self.prefix_len)
 
-    def suffix_batch(self, suffixes: list[list[int]], kv_type: type = PrefixKV):
+    def suffix_batch(self, suffixes: list[list[int]]):
         """Right-padded suffixes and what a run of them after the prefix needs: (ids, mask over
         the suffix, prefix key/values expanded to the batch, mask over prefix + suffix,
-        absolute positions)."""
+        absolute positions), on the prefix's device."""
         b, p = len(suffixes), self.prefix_len
-        ids, mask = pad_ids(suffixes, self.model.pad_token_id, "right")
-        kv = kv_type([k.expand(b, -1, -1, -1) for k in self.kv.keys], [v.expand(b, -1, -1, -1) for v in self.kv.values])
-        ids = ids.to(self.kv.keys[0].device)
-        full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype), mask], dim=1)
-        positions = (p + torch.arange(ids.shape[1])).expand(b, -1)
+        device = self.kv.keys[0].device
+        ids, mask = (t.to(device) for t in pad_ids(suffixes, self.model.pad_token_id, "right"))
+        kv = PrefixKV([k.expand(b, -1, -1, -1) for k in self.kv.keys], [v.expand(b, -1, -1, -1) for v in self.kv.values])
+        full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype, device=device), mask], dim=1)
+        positions = (p + torch.arange(ids.shape[1], device=device)).expand(b, -1)
         return ids, mask, kv, full_mask, positions
 
     def _run(self, suffixes: list[list[int]], patterns: bool) -> PrefixRun:

@@ -25,7 +25,7 @@ records which sites fired.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -216,10 +216,7 @@ def tap_callback(entries):
     return callback
 
 
-@contextmanager
 def installed(model, arch, facts, hooks: Sequence[tuple[Site, HookFn]]):
-    """Context manager: the hooks are live inside, removed on exit (also on error)."""
-    hs = HookSet(model, arch, facts.n_heads, facts.n_kv_heads, facts.d_head, hooks)
-    with ExitStack() as stack:
-        stack.enter_context(hs.installed())
-        yield hs
+    """Context manager: the hooks are live inside, removed on exit (also on error); it yields
+    the :class:`HookSet`, whose ``fired`` names the sites that ran."""
+    return HookSet(model, arch, facts.n_heads, facts.n_kv_heads, facts.d_head, hooks).installed()

@@ -54,7 +54,6 @@ class NNsightEngine(Engine):
         self._layers = _envoy(nn_model, self.arch.layers)
         # nnsight instruments a module's forward for ``.source`` on first access, which must
         # happen before that module runs: do it for every layer's attention up front.
-        self._attn_op = None
         for i in range(self.facts.n_layers):
             _envoy(self._layers[i], self.arch.attn).source
         self._attn_op = _attention_op_name(_envoy(self._layers[0], self.arch.attn))

@@ -25,11 +25,11 @@ from interp.torch_sites import check_site_exists, installed
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, hf_model: torch.nn.Module, tokenizer=None, *, twin: torch.nn.Module | None = None):
+    def __init__(self, hf_model: torch.nn.Module, tokenizer=None):
         from interp.plain import plain_twin
 
         self.arch = architecture_of(hf_model)
-        self.twin = twin if twin is not None else use_tapped(plain_twin(hf_model))
+        self.twin = use_tapped(plain_twin(hf_model))
         self.tokenizer = tokenizer
         self.facts = facts_from_hf_config(self.twin.config)
 

@@ -52,6 +52,7 @@ class TransformerLensEngine(Engine):
         # only a bridge this engine booted (on its own copy) is switched to the tapped attention;
         # a user's bridge runs as the user built it
         self._attn_modules = self._find_tapped_attention() if owned else None
+        self._rotary = any(n.endswith("attn.hook_rot_q") for n in bridge.hook_dict)
 
     @classmethod
     def from_hf(cls, hf_model, tokenizer, *, copy_model: bool = True, name: str = "model") -> "TransformerLensEngine":
@@ -79,12 +80,12 @@ class TransformerLensEngine(Engine):
         """The transformers attention module of every layer, when the bridge calls them (then
         the copy is switched to the tapped attention); None when the bridge computes attention
         itself.  Decided by one tiny forward whose tap callbacks count."""
-        try:
-            from interp.architectures import architecture_of
-            from interp.plain import _plain_key
+        from interp.architectures import UnsupportedArchitecture, architecture_of
+        from interp.plain import _plain_key
 
+        try:
             arch = architecture_of(self.hf_model)
-        except Exception:  # an architecture outside the table: TransformerLens's hooks only
+        except UnsupportedArchitecture:  # a family outside the table: TransformerLens's hooks only
             return None
         paths = {arch.path(l, "attn"): l for l in range(self.facts.n_layers)}
         modules = [None] * self.facts.n_layers
@@ -116,12 +117,9 @@ class TransformerLensEngine(Engine):
             for s in sites:
                 check_site_exists(arch, self.hf_model.config, s)
 
-    def _rotary(self) -> bool:
-        return any(n.endswith("attn.hook_rot_q") for n in self.bridge.hook_dict)
-
     def hook_point(self, site: Site) -> str:
         """The bridge hook point that carries ``site``."""
-        if site.hook in ("attn.hook_rot_q", "attn.hook_rot_k") and not self._rotary():
+        if site.hook in ("attn.hook_rot_q", "attn.hook_rot_k") and not self._rotary:
             return site.name.replace("hook_rot_", "hook_")
         name = self.hook_name(site)
         if name not in self.bridge.hook_dict:

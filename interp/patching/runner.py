@@ -38,21 +38,17 @@ class _PrefixLayer(DynamicLayer):
     """A cache layer holding a fixed prefix: ``update`` returns prefix + new states and stores
     nothing (variants stacked along the batch get the prefix repeated)."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, record: dict | None, index: int):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         super().__init__()
         self.keys, self.values, self.is_initialized = keys, values, True
         self.dtype, self.device = keys.dtype, keys.device
-        self._record, self._index = record, index
 
     def update(self, key_states, value_states, *args, **kwargs):
         k, v = self.keys, self.values
         if k.shape[0] != key_states.shape[0]:
             reps = key_states.shape[0] // k.shape[0]
             k, v = k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1)
-        k, v = torch.cat([k, key_states], -2), torch.cat([v, value_states], -2)
-        if self._record is not None:
-            self._record[self._index] = k
-        return k, v
+        return torch.cat([k, key_states], -2), torch.cat([v, value_states], -2)
 
     def get_seq_length(self) -> int:
         return self.keys.shape[-2]
@@ -67,11 +63,10 @@ class PrefixKV:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
 
-    def cache(self, record: dict | None = None) -> DynamicCache:
-        """A fresh cache over these keys/values; ``record`` (a dict) receives every layer's full
-        prefix + rows keys."""
+    def cache(self) -> DynamicCache:
+        """A fresh cache over these keys/values."""
         cache = DynamicCache()
-        cache.layers = [_PrefixLayer(k, v, record, i) for i, (k, v) in enumerate(zip(self.keys, self.values))]
+        cache.layers = [_PrefixLayer(k, v) for k, v in zip(self.keys, self.values)]
         return cache
 
     @property
@@ -165,7 +160,6 @@ class DecoderRunner:
         prefix: PrefixKV | None = None,
         edits: Sequence[tuple[int, str, EditFn]] = (),
         last_only: bool = False,
-        record_keys: dict | None = None,
     ) -> torch.Tensor:
         """Logits of running ``hidden`` [batch, q, d_model] (the residual entering ``layer``)
         through layers ``layer``.. and the head.
@@ -174,40 +168,29 @@ class DecoderRunner:
         [batch, P + q] covers the prefix and the rows; ``prefix`` holds the keys/values of the
         first P positions.  ``edits``: (layer, hook, fn) with hook any block site of
         :mod:`interp.sites` at a layer ≥ ``layer``.  ``last_only``: unembed only the last row and
-        return [batch, 1, vocab].  ``record_keys`` (a dict) receives each layer's prefix + rows keys.
+        return [batch, 1, vocab].
         """
-        batch, q_len, _ = hidden.shape
-        p_len = prefix.length if prefix is not None else 0
-        if attention_mask.shape != (batch, p_len + q_len):
-            raise ValueError(f"attention_mask must be [batch, prefix + rows] = {(batch, p_len + q_len)}, got {tuple(attention_mask.shape)}")
         for l, hook, _ in edits:
             if l < layer:
                 raise ValueError(f"edit at layer {l} cannot apply to a run that starts at layer {layer}")
-        if prefix is None and record_keys is not None:
-            raise ValueError("record_keys needs a prefix")
-        cache = prefix.cache(record_keys) if prefix is not None else DynamicCache()
+        if layer == len(self.layers):  # past the last layer: the final norm and the unembedding
+            self._check_mask(hidden.shape[:2], attention_mask, prefix)
+            return self.head(hidden[:, -1:] if last_only else hidden)
 
         def set_input(module, args, kwargs):
             return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
-        hooks = [(Site(l, hook), fn) for l, hook, fn in edits]
-        if layer == len(self.layers):  # past the last layer: the final norm and the unembedding
-            return self.head(hidden[:, -1:] if last_only else hidden)
         originals = list(self.layers)
-        extra = {"logits_to_keep": 1} if last_only else {}
         handle = originals[layer].register_forward_pre_hook(set_input, with_kwargs=True)
         try:
             for i in range(layer):
                 self.layers[i] = _Skip(originals[i])
-            dummy = torch.zeros(batch, q_len, self.facts.d_model, dtype=hidden.dtype, device=hidden.device)
-            with installed(self.twin, self.arch, self.facts, hooks):
-                out = self.twin(inputs_embeds=dummy, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                                use_cache=True, **extra)
+            dummy = torch.zeros(*hidden.shape[:2], self.facts.d_model, dtype=hidden.dtype, device=hidden.device)
+            return self._forward({"inputs_embeds": dummy}, hidden.shape[:2], attention_mask, position_ids, prefix, edits, last_only)
         finally:
             handle.remove()
             for i in range(layer):
                 self.layers[i] = originals[i]
-        return out.logits
 
     def head(self, resid: torch.Tensor) -> torch.Tensor:
         """Logits of a residual leaving the last layer: final norm, unembedding, final softcap."""
@@ -219,14 +202,21 @@ class DecoderRunner:
                    prefix: PrefixKV | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False) -> torch.Tensor:
         """Logits of token rows ``input_ids`` [batch, q] after ``prefix`` (the model's own
         embeddings, learned positions included); arguments as in :meth:`run_from`."""
-        batch, q_len = input_ids.shape
+        return self._forward({"input_ids": input_ids}, input_ids.shape, attention_mask, position_ids, prefix, edits, last_only)
+
+    @staticmethod
+    def _check_mask(rows_shape, attention_mask, prefix) -> None:
+        batch, q_len = rows_shape
         p_len = prefix.length if prefix is not None else 0
         if attention_mask.shape != (batch, p_len + q_len):
             raise ValueError(f"attention_mask must be [batch, prefix + rows] = {(batch, p_len + q_len)}, got {tuple(attention_mask.shape)}")
+
+    def _forward(self, inputs: dict, rows_shape, attention_mask, position_ids, prefix, edits, last_only) -> torch.Tensor:
+        """transformers' forward of the twin over the rows, after ``prefix``, with ``edits``."""
+        self._check_mask(rows_shape, attention_mask, prefix)
         cache = prefix.cache() if prefix is not None else DynamicCache()
         hooks = [(Site(l, hook), fn) for l, hook, fn in edits]
         extra = {"logits_to_keep": 1} if last_only else {}
         with installed(self.twin, self.arch, self.facts, hooks):
-            out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                            use_cache=True, **extra)
+            out = self.twin(**inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True, **extra)
         return out.logits

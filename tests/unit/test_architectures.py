@@ -35,6 +35,11 @@ def _sites(model):
     return [s for s in SITES if not (s == "hook_resid_mid" and parallel)]
 
 
+def _reference(model, tokenizer) -> Model:
+    """The plain-PyTorch reference over ``model``."""
+    return Model(TorchEngine(model, tokenizer), tokenizer=tokenizer)
+
+
 def _diff(a, b, site):
     d = (a.double() - b.double())
     if "scores" in site:  # masked entries hold the dtype's minimum on both sides
@@ -56,7 +61,7 @@ def test_reference_engine_matches_transformers_outputs(family, tokenizer):
     pos = position_ids_from_mask(mask)
     with torch.no_grad():
         hf = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, output_attentions=True)
-        ref = Model(TorchEngine(model, tokenizer), tokenizer=tokenizer)
+        ref = _reference(model, tokenizer)
         out = ref.run(ids, attention_mask=mask, capture=_sites(model))
     real = mask.bool()
     assert float((out.logits - hf.logits)[real].abs().max()) <= 1e-5
@@ -90,7 +95,7 @@ def test_every_site_equals_the_plain_pytorch_reference(family, engine, tokenizer
             fm.run(ids, attention_mask=mask, capture=["attn.hook_rot_q"])
         sites = [s for s in sites if "rot_" not in s]
     with torch.no_grad():
-        ref = Model(TorchEngine(model, tokenizer), tokenizer=tokenizer).run(ids, attention_mask=mask, capture=sites)
+        ref = _reference(model, tokenizer).run(ids, attention_mask=mask, capture=sites)
         fm = load_model(model, engine=engine, tokenizer=tokenizer)
         out = fm.run(ids, attention_mask=mask, capture=sites)
     worst = {k: _diff(out.acts[k], v, k) for k, v in ref.acts.items()}
@@ -125,7 +130,7 @@ def test_prefix_cache_equals_full_forwards(family, tokenizer):
     from interp.prefix_cache import SharedPrefix
 
     model = make_family_model(family)
-    fm = Model(TorchEngine(model, tokenizer), tokenizer=tokenizer)
+    fm = _reference(model, tokenizer)
     g = torch.Generator().manual_seed(1)
     prefix = torch.randint(2, 70, (25,), generator=g).tolist()
     suffixes = [torch.randint(2, 70, (n,), generator=g).tolist() for n in (15, 9)]
@@ -145,7 +150,7 @@ def test_sdpa_model_gets_attention_patterns_on_both_engines(tokenizer):
     ids, mask = family_batch()
     eager = make_family_model("llama")
     with torch.no_grad():
-        ref = Model(TorchEngine(eager, tokenizer), tokenizer=tokenizer).run(ids, attention_mask=mask, capture=["attn.hook_pattern"])
+        ref = _reference(eager, tokenizer).run(ids, attention_mask=mask, capture=["attn.hook_pattern"])
         for engine in ("nnsight", "transformer-lens"):
             out = load_model(model, engine=engine, tokenizer=tokenizer).run(ids, attention_mask=mask, capture=["attn.hook_pattern"])
             for k, v in ref.acts.items():
@@ -167,7 +172,7 @@ def test_unsupported_family_is_one_clear_error(tokenizer):
 @pytest.mark.parametrize("engine", ["torch", "nnsight", "transformer-lens"])
 def test_resid_mid_on_a_parallel_block_raises(engine, tokenizer):
     model = make_family_model("gptj")
-    fm = Model(TorchEngine(model, tokenizer), tokenizer=tokenizer) if engine == "torch" else load_model(model, engine=engine, tokenizer=tokenizer)
+    fm = _reference(model, tokenizer) if engine == "torch" else load_model(model, engine=engine, tokenizer=tokenizer)
     ids, mask = family_batch()
     with pytest.raises(ValueError, match="in parallel"):
         fm.run(ids, attention_mask=mask, capture=["blocks.0.hook_resid_mid"])
