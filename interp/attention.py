@@ -109,11 +109,16 @@ def register() -> str:
     return TAPPED
 
 
-def use_tapped(model: torch.nn.Module) -> torch.nn.Module:
-    """Switch one of the project's own models (a plain twin) to the tapped attention."""
-    register()
+def set_implementation(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """Set ``config._attn_implementation`` on every config inside ``model`` (sub-configs too)."""
     for m in model.modules():
         cfg = getattr(m, "config", None)
         if cfg is not None and hasattr(cfg, "_attn_implementation"):
-            cfg._attn_implementation = TAPPED
+            cfg._attn_implementation = name
     return model
+
+
+def use_tapped(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch one of the project's own models (a plain twin) to the tapped attention."""
+    register()
+    return set_implementation(model, TAPPED)

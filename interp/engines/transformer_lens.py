@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from interp.attention import tapping, use_tapped
+from interp.attention import set_implementation, tapping, use_tapped
 from interp.engines.base import Engine, HookFn, ModelFacts
 from interp.sites import Site
 from interp.torch_sites import TAP_SITES, tap_callback
@@ -102,10 +102,7 @@ class TransformerLensEngine(Engine):
             self.bridge(torch.zeros(1, 2, dtype=torch.long, device=next(self.hf_model.parameters()).device))
         if len(seen) == len(modules):
             return modules
-        for m in self.hf_model.modules():  # not called: put the implementation back
-            cfg = getattr(m, "config", None)
-            if cfg is not None and hasattr(cfg, "_attn_implementation"):
-                cfg._attn_implementation = previous
+        set_implementation(self.hf_model, previous)  # not called: put the implementation back
         return None
 
     def check_sites(self, sites: Sequence[Site]) -> None:
