@@ -56,7 +56,7 @@ def load_model(
     if kind == "bridge":
         from interp.engines.transformer_lens import TransformerLensEngine
 
-        return Model(TransformerLensEngine(model), name=getattr(model.cfg, "model_name", "bridge"), tokenizer=tokenizer)
+        return Model(TransformerLensEngine.for_bridge(model, tokenizer), name=getattr(model.cfg, "model_name", "bridge"), tokenizer=tokenizer)
     if kind == "nnsight":
         from interp.engines.nnsight_engine import NNsightEngine
 

@@ -4,6 +4,8 @@
 16 and is run on 40-token prompts, so the window is shorter than the prompt."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 VOCAB = 80
@@ -49,6 +51,28 @@ def make_family_model(name: str, seed: int = 0, attn_implementation: str = "eage
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.3)
     return model
+
+
+# the four ways a model reaches the toolkit
+ENGINES = ["nnsight", "transformer-lens", "user-bridge", "user-nnsight"]
+
+
+def facade(model, engine: str, tokenizer):
+    """``load_model`` over what a user of ``engine`` passes in: the transformers model itself
+    (``engine=...``), a TransformerBridge the user booted, or an nnsight model the user built
+    (both around a copy, as a user's own would be)."""
+    from interp.loading import load_model
+
+    if engine == "user-bridge":
+        from transformer_lens.model_bridge import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers("tiny", hf_model=copy.deepcopy(model), tokenizer=copy.deepcopy(tokenizer))
+        return load_model(bridge, tokenizer=tokenizer)
+    if engine == "user-nnsight":
+        from nnsight.modeling.transformers import TransformersModel
+
+        return load_model(TransformersModel(copy.deepcopy(model), tokenizer=tokenizer), tokenizer=tokenizer)
+    return load_model(model, engine=engine, tokenizer=tokenizer)
 
 
 def family_batch(seed: int = 0):

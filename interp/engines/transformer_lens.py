@@ -53,6 +53,8 @@ class TransformerLensEngine(Engine):
         # a user's bridge runs as the user built it
         self._attn_modules = self._find_tapped_attention() if owned else None
         self._rotary = any(n.endswith("attn.hook_rot_q") for n in bridge.hook_dict)
+        self.served_by = ("a TransformerLens bridge on a copy of the model" if owned else "the user's TransformerLens bridge") + (
+            " (tapped attention)" if self._attn_modules is not None else "")
 
     @classmethod
     def from_hf(cls, hf_model, tokenizer, *, copy_model: bool = True, name: str = "model") -> "TransformerLensEngine":
@@ -68,6 +70,25 @@ class TransformerLensEngine(Engine):
         )
         bridge.eval()
         return cls(bridge, tokenizer, owned=True)
+
+    @classmethod
+    def for_bridge(cls, bridge, tokenizer=None) -> "TransformerLensEngine":
+        """The engine over a user's bridge: the bridge itself, as the user built it, unless its
+        ``hook_attn_scores`` is the post-softmax pattern (the bridge hands attention to the
+        transformers module, GPT-J and OPT in TransformerLens 4.3; its knockouts are then only
+        warned about).  There a private bridge is booted on a copy of ``bridge.original_model``
+        and runs the tapped attention, so scores are pre-softmax and every edit takes effect;
+        the user's bridge is left as it is (hooks the user attached to it do not run)."""
+        if _scores_are_post_softmax(bridge):
+            from interp.plain import plain_twin
+
+            # a plain copy (the bridge's model holds bridge components and hooks tied to it)
+            engine = cls.from_hf(plain_twin(bridge.original_model, share_weights=False),
+                                 tokenizer if tokenizer is not None else bridge.tokenizer,
+                                 copy_model=False, name=getattr(bridge.cfg, "model_name", "bridge"))
+            engine.served_by = "a private TransformerLens bridge on a copy of the bridge's model (tapped attention)"
+            return engine
+        return cls(bridge, tokenizer)
 
     @property
     def hf_model(self) -> torch.nn.Module:
@@ -153,6 +174,22 @@ class TransformerLensEngine(Engine):
     def b_O(self, layer: int) -> torch.Tensor | None:
         b = getattr(self.bridge.blocks[layer].attn, "b_O", None)
         return None if b is None or not bool(b.any()) else b
+
+
+def _scores_are_post_softmax(bridge) -> bool:
+    """Whether the bridge's ``blocks.0.attn.hook_attn_scores`` carries the pattern: on a 3-token
+    input pre-softmax scores hold the causal mask's large negative entries, a pattern does not."""
+    seen = {}
+
+    def keep(t, hook):
+        seen["scores"] = t.detach()
+
+    device = next(bridge.original_model.parameters()).device
+    if "blocks.0.attn.hook_attn_scores" not in bridge.hook_dict:
+        return False
+    with torch.no_grad(), bridge.hooks(fwd_hooks=[("blocks.0.attn.hook_attn_scores", keep)]):
+        bridge(torch.zeros(1, 3, dtype=torch.long, device=device))
+    return "scores" in seen and bool(seen["scores"].min() >= 0)
 
 
 def _tl_hook(fn: HookFn):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from architecture_fixtures import FAMILIES, SEQ, assert_same_fingerprint, family_batch, make_family_model, model_fingerprint  # noqa: E402
+from architecture_fixtures import ENGINES, FAMILIES, SEQ, assert_same_fingerprint, facade, family_batch, make_family_model, model_fingerprint  # noqa: E402
 
 from interp.architectures import UnsupportedArchitecture, architecture_of  # noqa: E402
 from interp.engines.torch_engine import TorchEngine  # noqa: E402
@@ -83,20 +83,19 @@ def test_reference_engine_matches_transformers_outputs(family, tokenizer):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("engine", ["nnsight", "transformer-lens"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_every_site_equals_the_plain_pytorch_reference(family, engine, tokenizer):
     model = make_family_model(family)
     before = model_fingerprint(model)
     ids, mask = family_batch()
     sites = _sites(model)
-    if engine == "transformer-lens" and family in TL_NO_ROTARY_HOOKS:
-        fm = load_model(model, engine=engine, tokenizer=tokenizer)
+    fm = facade(model, engine, tokenizer)
+    if engine in ("transformer-lens", "user-bridge") and family in TL_NO_ROTARY_HOOKS:
         with pytest.raises(RuntimeError, match="never fired"):
             fm.run(ids, attention_mask=mask, capture=["attn.hook_rot_q"])
         sites = [s for s in sites if "rot_" not in s]
     with torch.no_grad():
         ref = _reference(model, tokenizer).run(ids, attention_mask=mask, capture=sites)
-        fm = load_model(model, engine=engine, tokenizer=tokenizer)
         out = fm.run(ids, attention_mask=mask, capture=sites)
     worst = {k: _diff(out.acts[k], v, k) for k, v in ref.acts.items()}
     bad = {k: v for k, v in worst.items() if not v <= (1e-4 if k == "logits" else 1e-5)}
