@@ -104,7 +104,7 @@ def cmd_accuracy(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
+        (out / "results.json").write_text(json.dumps({**result.to_dict(), "model_info": model.provenance()}, indent=2))
     return 0
 
 

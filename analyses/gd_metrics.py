@@ -51,6 +51,9 @@ def _check_ndim(name: str, t: torch.Tensor, ndim: int, layout: str) -> None:
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {ndim} dims {layout}")
 
 
+NOISE_FLOOR = 1e-4  # relative size under which an attention-score update is float noise
+
+
 def _cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
     """cos(a, b) over the last axis; 0 where either vector is (numerically) zero."""
     return (a * b).sum(-1) / (a.norm(dim=-1).clamp_min(eps) * b.norm(dim=-1).clamp_min(eps))
@@ -127,7 +130,12 @@ def simam(a_icl: AttentionScores, a_other: AttentionScores, a_zs: AttentionScore
     tokens, either [n, layer, head, t] or a list of per-example [layer, head, t_i] (t_i may vary;
     the three inputs must agree per example).  Without ``a_zs``: cos(A_ICL, A_other) — Dai's SimAM
     (``a_other`` = FT) or his before-fine-tuning SimAM (``a_other`` = ZS).  With ``a_zs``: Deutch's
-    update-based cos(A_ICL − A_ZS, A_other − A_ZS)."""
+    update-based cos(A_ICL − A_ZS, A_other − A_ZS).
+
+    In the update-based form a head whose ICL or other update is float noise (‖A − A_ZS‖ ≤
+    ``NOISE_FLOOR`` · ‖A_ZS‖; layer 0 of a rotary model, whose query-part scores cannot see the
+    demonstrations) has no direction: it is left out of the mean over heads (nan when a layer has
+    none left) instead of contributing the cosine of rounding errors."""
     icl, other = _as_examples("a_icl", a_icl), _as_examples("a_other", a_other)
     zs = _as_examples("a_zs", a_zs) if a_zs is not None else None
     if len(icl) != len(other) or (zs is not None and len(zs) != len(icl)):
@@ -141,9 +149,14 @@ def simam(a_icl: AttentionScores, a_other: AttentionScores, a_zs: AttentionScore
             _check_same_shape(**{f"a_icl[{i}]": x, f"a_other[{i}]": y})
         else:
             _check_same_shape(**{f"a_icl[{i}]": x, f"a_other[{i}]": y, f"a_zs[{i}]": zs[i]})
+            base = zs[i].norm(dim=-1)
             x, y = x - zs[i], y - zs[i]
+            cos = _cosine(x, y)
+            noise = (x.norm(dim=-1) <= NOISE_FLOOR * base) | (y.norm(dim=-1) <= NOISE_FLOOR * base)
+            per_example.append(cos.masked_fill(noise, float("nan")).nanmean(-1))  # [layer]
+            continue
         per_example.append(_cosine(x, y).mean(-1))  # [layer]
-    return torch.stack(per_example).mean(0)
+    return torch.stack(per_example).nanmean(0) if zs is not None else torch.stack(per_example).mean(0)
 
 
 # --------------------------------------------------------------------------------------------

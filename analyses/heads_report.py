@@ -395,5 +395,5 @@ def run_heads_report(model, task="sentiment", *, out: str | Path | None, k: int 
         ("Correlation between the scores (Spearman over heads)", result.correlations_text(), figs[n_scores:n_scores + (n_scores > 1)]),
         ("Top heads' attention on an example prompt", result.example.get("text", ""), figs[n_scores + (n_scores > 1):]),
     ]
-    write_run(out, results, f"Per-head scores — {result.setting}", sections)
+    write_run(out, results, f"Per-head scores — {result.setting}", sections, model=model)
     return result

@@ -73,5 +73,5 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
         selection = demo_selection(model, task, k=k, n=n, seed=seed, random_result=recon)
         results["demo_selection"] = selection.to_dict()
         sections.append(("Demo selection: random vs most similar", selection.summary(), selection.figures()))
-    write_run(out, results, f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections)
+    write_run(out, results, f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections, model=model)
     return results

@@ -66,11 +66,15 @@ def write_report(path: Path, title: str, sections: Sequence[tuple[str, str, Sequ
     os.replace(tmp, path)
 
 
-def write_run(out: str | os.PathLike | None, results: dict, title: str, sections: Sequence[tuple[str, str, Sequence]]) -> None:
+def write_run(out: str | os.PathLike | None, results: dict, title: str, sections: Sequence[tuple[str, str, Sequence]],
+              model=None) -> None:
     """``out/results.json`` (atomic) and ``out/report.html`` of one analysis run; nothing when
-    ``out`` is None."""
+    ``out`` is None.  With ``model`` (a :class:`~interp.model.Model`), results.json also records
+    ``model_info``: engine, architecture, BOS policy and the fast path (``Model.provenance``)."""
     if out is None:
         return
+    if model is not None and hasattr(model, "provenance"):
+        results = {**results, "model_info": model.provenance()}
     out = Path(out)
     write_json_atomic(out / "results.json", results)
     write_report(out / "report.html", title, sections)

@@ -101,6 +101,21 @@ class Architecture:
             return [window] * n
         return [window if t == "sliding_attention" else None for t in types]
 
+    def record(self, config) -> dict:
+        """What a results.json states about the model's architecture: the family entry and the
+        facts of this config that change what the sites mean."""
+        attn_cap, final_cap = self.softcaps(config)
+        norms = "post" if self.ln_attn is None else ("sandwich" if self.post_attn_norm else "pre")
+        windows = self.sliding_windows(config)
+        return {
+            "family": self.name, "model_type": getattr(config, "model_type", None),
+            "qkv": ("fused " + self.qkv_split) if self.qkv else "separate",
+            "norms": norms, "qk_norm": self.qk_norm_scope if self.q_norm else None,
+            "positions": self.positions, "parallel_block": self.is_parallel(config),
+            "attn_softcap": attn_cap, "final_softcap": final_cap, "embed_scale": self.embed_scale,
+            "sliding_windows": windows if any(w is not None for w in windows) else None,
+        }
+
     # --- module access --------------------------------------------------------------------------
     def layer_list(self, model) -> torch.nn.ModuleList:
         return model.get_submodule(self.layers)
@@ -131,6 +146,24 @@ class Architecture:
         sub = self.attn if role == "attn" else getattr(self, role)
         return None if sub is None else f"{self.layers}.{index}.{sub}"
 
+    def role_prefixes(self, model, role: str) -> list[str]:
+        """Parameter-name prefixes of a group of modules: ``embed`` (token and learned position
+        embeddings), ``unembed``, ``norms`` (every norm: per layer by role, q/k norms, final),
+        ``attn`` or ``mlp`` (every layer's)."""
+        n = len(self.layer_list(model))
+        if role == "embed":
+            paths = [self.embed, self.pos_embed]
+        elif role == "unembed":
+            paths = [self.unembed]
+        elif role == "norms":
+            per_layer = ("ln_attn", "ln_mlp", "post_attn_norm", "post_mlp_norm", "q_norm", "k_norm")
+            paths = [self.final_norm] + [self.path(l, r) for l in range(n) for r in per_layer]
+        elif role in ("attn", "mlp"):
+            paths = [self.path(l, role) for l in range(n)] + ([self.path(l, "mlp_in") for l in range(n)] if role == "mlp" else [])
+        else:
+            raise ValueError(f"unknown module group {role!r}: use embed, unembed, norms, attn or mlp")
+        return [p + "." for p in paths if p]
+
     # --- weights in TransformerLens layout ----------------------------------------------------------
     def W_O(self, model, index: int, n_heads: int, d_head: int) -> torch.Tensor:
         """Output projection split per head: [head, d_head, d_model]."""
@@ -159,18 +192,30 @@ class Architecture:
 
     def kv_parameter_names(self, names, layer: int | None = None) -> list[str]:
         """Parameter names of the key and value projections of every layer, or only the value
-        projection of ``layer`` (Shen et al.'s W_V)."""
-        if self.qkv is not None:
-            raise ValueError(
-                f"{self.name} fuses q, k and v into one projection ({self.qkv}), so params='kv' cannot train keys and "
-                "values alone: pass a regular expression over parameter names (e.g. the fused projection) instead"
-            )
+        projection of ``layer`` (Shen et al.'s W_V).  A fused family gives its fused projection;
+        :meth:`fused_rows` says which of its output features are keys and values."""
         import re
 
         index = r"\d+" if layer is None else str(layer)
-        roles = "|".join(re.escape(getattr(self, r)) for r in (("k", "v") if layer is None else ("v",)))
+        if self.qkv is not None:
+            roles = re.escape(self.qkv)
+        else:
+            roles = "|".join(re.escape(getattr(self, r)) for r in (("k", "v") if layer is None else ("v",)))
         pattern = re.compile(rf"{re.escape(self.layers)}\.{index}\.{re.escape(self.attn)}\.({roles})\.")
         return [n for n in names if pattern.match(n)]
+
+    def fused_rows(self, config, roles: tuple[str, ...]) -> torch.Tensor:
+        """Bool over the fused projection's output features: True where the feature belongs to
+        one of ``roles`` ("q", "k", "v"), in the layout :meth:`split_qkv` reads."""
+        n_heads = config.num_attention_heads
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+        d = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+        if self.qkv_split == "per_head":
+            per = torch.tensor([r in roles for r in ("q", "k", "v")]).repeat_interleave(d)
+            return per.repeat(n_heads)
+        sizes = {"q": n_heads * d, "k": n_kv * d, "v": n_kv * d}
+        return torch.cat([torch.full((sizes[r],), r in roles) for r in ("q", "k", "v")])
+
 
 ATTN_ROLES = frozenset({"q", "k", "v", "qkv", "o", "q_norm", "k_norm"})
 
@@ -215,7 +260,7 @@ register(Architecture("gpt2", ("gpt2",), layers="transformer.h", embed="transfor
                       final_norm="transformer.ln_f", attn="attn", q=None, k=None, v=None, qkv="c_attn", o="c_proj", conv1d=True,
                       ln_attn="ln_1", ln_mlp="ln_2", positions="learned"))
 register(Architecture("gpt_neox", ("gpt_neox",), layers="gpt_neox.layers", embed="gpt_neox.embed_in",
-                      final_norm="gpt_neox.final_layer_norm", unembed="embed_out", rotary="gpt_neox.rotary_emb",
+                      final_norm="gpt_neox.final_layer_norm", rotary="gpt_neox.rotary_emb",
                       attn="attention", q=None, k=None, v=None, qkv="query_key_value", qkv_split="per_head", o="dense",
                       parallel=lambda c: bool(getattr(c, "use_parallel_residual", True)), positions="partial_rotary"))
 register(Architecture("gptj", ("gptj",), layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",

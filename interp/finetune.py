@@ -118,16 +118,12 @@ def clone_model(model):
     """A :class:`Model` on an independent copy of ``model``'s weights, same engine."""
     from interp.model import Model
 
+    from interp.engines.torch_engine import TorchEngine
+
     hf_copy = plain_twin(model.hf_model, share_weights=False)
-    if model.engine_name == "transformer-lens":
-        from interp.engines.transformer_lens import TransformerLensEngine
-
-        engine = TransformerLensEngine.from_hf(hf_copy, model.tokenizer, copy_model=False, name=model.name)
-    else:
-        from interp.engines.nnsight_engine import NNsightEngine
-
-        engine = NNsightEngine.from_hf(hf_copy, model.tokenizer)
-    return Model(engine, name=f"{model.name} (GD copy)", tokenizer=model.tokenizer)
+    # the plain-PyTorch engine: its twin shares the copy's parameter tensors, so what fit()
+    # writes is what runs (a TransformerLens bridge splits fused q/k/v into its own copies)
+    return Model(TorchEngine(hf_copy, model.tokenizer), name=f"{model.name} (GD copy)", tokenizer=model.tokenizer)
 
 
 class GDCounterpart:
@@ -165,6 +161,8 @@ class GDCounterpart:
         params = dict(self.twin.named_parameters())
         trained = select_parameters(self.names, config.params, self.arch)
         self._saved = {n: params[n].detach().clone() for n in trained}
+        masks = self._fused_masks(trained, config.params)
+        grad_hooks = []
         for n in trained:
             params[n].requires_grad_(True)
         opt = (torch.optim.SGD([params[n] for n in trained], lr=config.lr) if config.optimizer == "sgd"
@@ -173,6 +171,7 @@ class GDCounterpart:
         n_layers = len(self.arch.layer_list(self.twin))
         queries: list[list[torch.Tensor | None]] = [[None] * len(sequences) for _ in range(n_layers)]
         try:
+            grad_hooks += [params[n].register_hook(lambda g, m=m: g * m.to(g.device, g.dtype)) for n, m in masks.items()]
             self.twin.train(False)
             for _ in range(config.epochs):
                 for start in range(0, len(order), config.batch_size):
@@ -186,10 +185,32 @@ class GDCounterpart:
                         for j, i in enumerate(idx):
                             queries[l][i] = per_row[j]
         finally:
+            for h in grad_hooks:
+                h.remove()
             for n in trained:
                 params[n].requires_grad_(False)
                 params[n].grad = None
         return FitRecord(losses, order, trained, queries if record_queries else [])
+
+    def _fused_masks(self, trained: Sequence[str], spec: str) -> dict[str, torch.Tensor]:
+        """For ``kv`` / ``wv:L`` on a family with one fused q/k/v projection: a 0/1 mask per fused
+        parameter that keeps only the key and value (or value) output features' gradient, so the
+        query part stays as it was (Dai et al. train W_K and W_V only)."""
+        arch = self.arch
+        if arch.qkv is None or not (spec == "kv" or spec.startswith("wv:")):
+            return {}
+        rows = arch.fused_rows(self.twin.config, ("k", "v") if spec == "kv" else ("v",)).float()
+        params = dict(self.twin.named_parameters())
+        masks = {}
+        for n in trained:
+            p = params[n]
+            if p.ndim == 1:
+                masks[n] = rows
+            elif arch.conv1d:  # Conv1D weight [in, out]
+                masks[n] = rows[None, :].expand_as(p)
+            else:  # Linear weight [out, in]
+                masks[n] = rows[:, None].expand_as(p)
+        return masks
 
     def _loss(self, seqs, predict_at, config: GDConfig, record_queries: bool):
         twin = self.twin
@@ -225,13 +246,14 @@ class GDCounterpart:
                     handles.append(layer.register_forward_pre_hook(detach_input, with_kwargs=True))
                     handles.append(layer.register_forward_hook(keep_output))
             if record_queries:
-                if arch.q is None:
-                    raise ValueError(f"{arch.name} fuses its query projection with keys and values: recording the "
-                                     "fine-tuning queries is not supported there")
+                n_heads = twin.config.num_attention_heads
+                n_kv = getattr(twin.config, "num_key_value_heads", None) or n_heads
                 for l in range(len(layers)):
                     def keep_q(module, args, out, l=l):
+                        if arch.q is None:  # the query part of the fused projection
+                            out = arch.split_qkv(out, n_heads, n_kv, d_head)[0].flatten(2)
                         qs[l] = [(out[i, : len(s)] / d_head ** 0.5).detach().cpu() for i, s in enumerate(seqs)]
-                    handles.append(arch.sub(twin, l, "q").register_forward_hook(keep_q))
+                    handles.append(arch.sub(twin, l, "q" if arch.q is not None else "qkv").register_forward_hook(keep_q))
             out = twin(input_ids=ids, attention_mask=mask)
         finally:
             for h in handles:
@@ -255,11 +277,17 @@ def _weighted_ce(logits, targets, weights, n_rows):
 
 
 def parameter_hash(model) -> str:
-    """SHA-256 over every parameter's bytes in name order: equal hashes = bit-identical weights."""
+    """SHA-256 over every parameter's bytes in name order: equal hashes = bit-identical weights.
+    Names are the transformers ones whatever wraps the model (a bridge's aliases count once), so
+    the same weights hash alike on every engine."""
     import hashlib
 
     h = hashlib.sha256()
     hf = model.hf_model if hasattr(model, "hf_model") else model
+    if hasattr(hf, "config") and hasattr(hf.config, "model_type"):  # a transformers model, maybe bridge-converted
+        from interp.plain import plain_twin
+
+        hf = plain_twin(hf)  # the transformers names over the same tensors
     for name, p in sorted(hf.state_dict(keep_vars=False).items()):
         h.update(name.encode())
         p = p.detach().cpu().contiguous().reshape(-1)  # flat: a 0-d tensor has no last dim to view as bytes

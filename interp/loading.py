@@ -56,6 +56,8 @@ def load_model(
     if kind == "bridge":
         from interp.engines.transformer_lens import TransformerLensEngine
 
+        if tokenizer is None:
+            tokenizer = _tokenizer_before_transformer_lens(model.tokenizer)
         return Model(TransformerLensEngine.for_bridge(model, tokenizer), name=getattr(model.cfg, "model_name", "bridge"), tokenizer=tokenizer)
     if kind == "nnsight":
         from interp.engines.nnsight_engine import NNsightEngine
@@ -95,6 +97,32 @@ def load_model(
         # a plain twin of hf_model (shared weights, eager tapped attention) is what nnsight wraps
         eng = NNsightEngine.from_hf(hf_model, tokenizer, remote=remote)
     return Model(eng, name=name, tokenizer=tokenizer)
+
+
+def _tokenizer_before_transformer_lens(tokenizer):
+    """The tokenizer a bridge was booted with, as its files define it.  Booting reloads a
+    tokenizer that does not prepend BOS with ``add_bos_token=True``, so prompts built with the
+    bridge's tokenizer would start with a BOS the model's own tokenizer never adds; the saved
+    tokenizer is reloaded from its local folder without that override.  When it cannot be (no
+    local files), the bridge's tokenizer is kept with a warning: pass ``tokenizer=``."""
+    import warnings
+
+    if tokenizer is None or not getattr(tokenizer, "add_bos_token", False):
+        return tokenizer
+    kwargs = dict(getattr(tokenizer, "init_kwargs", {}))
+    path = kwargs.pop("name_or_path", None)
+    for key in ("add_bos_token", "local_files_only", "is_local"):
+        kwargs.pop(key, None)
+    try:
+        from transformers import AutoTokenizer
+
+        saved = AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+    except Exception:  # noqa: BLE001 - any failure: keep the bridge's tokenizer, say so
+        warnings.warn("load_model(bridge): the bridge's tokenizer prepends BOS (TransformerLens sets add_bos_token=True) "
+                      "and the tokenizer's own files could not be reloaded; prompts will start with BOS. Pass tokenizer= "
+                      "(the tokenizer you booted the bridge with) to build prompts as the model's tokenizer does.", stacklevel=3)
+        return tokenizer
+    return saved if not getattr(saved, "add_bos_token", False) else tokenizer
 
 
 def _kind(model) -> str:

@@ -87,6 +87,33 @@ class Model:
             self._runner = DecoderRunner(self.hf_model)
         return self._runner
 
+    @property
+    def bos_policy(self) -> dict:
+        """The BOS rule prompts are built with (:func:`interp.prompts.bos_to_prepend`): a BOS
+        token is prepended when this model's tokenizer prepends one by default."""
+        from interp.prompts import bos_to_prepend
+
+        bos = bos_to_prepend(self.tokenizer) if self.tokenizer is not None else None
+        return {"prepend_bos": bos is not None, "bos_token_id": bos,
+                "rule": "BOS prepended when the tokenizer adds it by default (tokenizer('a') starts with it)"}
+
+    def provenance(self) -> dict:
+        """What every results.json records about the model: name, engine and what serves it,
+        the architecture entry, the BOS policy, and the path the fast analyses run on."""
+        from interp.architectures import ARCHITECTURES
+
+        config = getattr(self.hf_model, "config", None)
+        arch = ARCHITECTURES.get(getattr(config, "model_type", None))
+        return {
+            "model": self.name, "engine": self.engine_name,
+            "served_by": getattr(self.engine, "served_by", None),
+            "architecture": arch.record(config) if arch is not None else {"family": None, "model_type": getattr(config, "model_type", None)},
+            "bos": self.bos_policy,
+            "fast_path": ("runner: transformers' forward of a plain eager twin (shared weights), layers below the patched "
+                          "one passed through, earlier positions' keys/values cached" if arch is not None else
+                          "none: the family is outside the architecture table"),
+        }
+
     def kv_head(self, head: int) -> int:
         """Key/value head that query head ``head`` reads (GQA: heads share kv in groups)."""
         if not 0 <= head < self.n_heads:

@@ -37,12 +37,16 @@ def plain_twin(hf_model: torch.nn.Module, *, share_weights: bool = True) -> torc
     missing = sorted(k for k in expected if k not in source and not _is_tied(twin, k))
     if missing:
         raise RuntimeError(f"could not rebuild a plain twin of the model: missing weights {missing[:5]}")
+    made: dict[int, torch.nn.Parameter] = {}  # one Parameter per source tensor: tied weights stay tied
     for name, meta_param in expected.items():
         if name not in source:
             continue
-        src = source[name].detach()
-        value = src if share_weights else src.clone()
-        _set(twin, name, torch.nn.Parameter(value, requires_grad=bool(getattr(source[name], "requires_grad", False))))
+        key = id(source[name])
+        if key not in made:
+            src = source[name].detach()
+            value = src if share_weights else src.clone()
+            made[key] = torch.nn.Parameter(value, requires_grad=bool(getattr(source[name], "requires_grad", False)))
+        _set(twin, name, made[key])
     if any(_is_tied(twin, k) and k not in source for k in expected):
         twin.tie_weights()
     _init_buffers(twin, source, next(hf_model.parameters()).device)

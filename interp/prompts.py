@@ -149,7 +149,7 @@ def tokenize_piece(tokenizer: Any, text: str) -> list[int]:
     return list(ids)
 
 
-def _bos_to_prepend(tokenizer: Any) -> int | None:
+def bos_to_prepend(tokenizer: Any) -> int | None:
     """The BOS id when the tokenizer prepends it by default (``tokenizer("a")`` starts with it)."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
@@ -729,7 +729,7 @@ def build_icl_batch(
     if words is not None:
         lw = LabelWords.from_words(tokenizer, words, policy=label_policy,
                                    leading_space=template.space_before_text)
-    bos = _bos_to_prepend(tokenizer)
+    bos = bos_to_prepend(tokenizer)
     built = [_build_row(tokenizer, template, d, q, bos) for d, q in zip(demos, query_list)]
     _check_lengths([ids for ids, _, _ in built], max_length, k)
     input_ids, mask, spans = _pad_rows([b[0] for b in built], [b[1] for b in built],

@@ -12,19 +12,19 @@ VOCAB = 80
 SEQ = 40
 
 
-def family_configs() -> dict:
+def family_configs(n_ctx: int = 64) -> dict:
     import transformers as T
 
     common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=64, pad_token_id=0, bos_token_id=None, eos_token_id=None)
+                  max_position_embeddings=n_ctx, pad_token_id=0, bos_token_id=None, eos_token_id=None)
     gqa = dict(common, num_key_value_heads=2)
     return {
-        "gpt2": T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=None, eos_token_id=None),
+        "gpt2": T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=n_ctx, bos_token_id=None, eos_token_id=None),
         "gpt_neox": T.GPTNeoXConfig(**common, rotary_pct=0.25),
-        "gptj": T.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
+        "gptj": T.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=n_ctx, rotary_dim=4,
                              bos_token_id=None, eos_token_id=None),
         "opt": T.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                           max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=None, eos_token_id=None),
+                           max_position_embeddings=n_ctx, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=None, eos_token_id=None),
         "llama": T.LlamaConfig(**gqa),
         "mistral-sw16": T.MistralConfig(**gqa, sliding_window=16),
         "qwen2": T.Qwen2Config(**gqa),
@@ -39,10 +39,10 @@ def family_configs() -> dict:
 FAMILIES = list(family_configs())
 
 
-def make_family_model(name: str, seed: int = 0, attn_implementation: str = "eager"):
+def make_family_model(name: str, seed: int = 0, attn_implementation: str = "eager", n_ctx: int = 64):
     import transformers as T
 
-    config = family_configs()[name]
+    config = family_configs(n_ctx)[name]
     torch.manual_seed(seed)
     model = T.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
     model.config.architectures = [type(model).__name__]

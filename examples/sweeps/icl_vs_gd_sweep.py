@@ -58,9 +58,9 @@ def run(args) -> None:
                     print("running", out.name, flush=True)
                     which = "untrained" if name == "untrained" else "trained"
                     if which not in models:
-                        from interp.random_init import random_init_like
+                        from interp.random_init import DEUTCH_KEEP, random_init_like
 
-                        models[which] = random_init_like(trained, seed=0, keep=("embed_tokens", "norm", "lm_head"))
+                        models[which] = random_init_like(trained, seed=0, keep=DEUTCH_KEEP)
                         gd[which] = GDCounterpart(models[which])
                     model = models[which]
                     refs[which] = refs.get(which) or reference_runs(model, t, k=k, n=n, seed=seed)

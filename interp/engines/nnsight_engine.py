@@ -47,6 +47,8 @@ class NNsightEngine(Engine):
         self.nn = nn_model
         self.remote = remote
         self.tapped = tapped
+        self.served_by = ("nnsight's wrapper on a plain eager twin (shared weights, tapped attention)" if tapped
+                          else "the nnsight model as given (NDIF)" if remote is True else "the nnsight model as given")
         model = nn_model._module
         self.arch = architecture_of(model)
         self.tokenizer = getattr(nn_model, "tokenizer", None)

@@ -32,6 +32,7 @@ class TorchEngine(Engine):
         self.twin = use_tapped(plain_twin(hf_model))
         self.tokenizer = tokenizer
         self.facts = facts_from_hf_config(self.twin.config)
+        self.served_by = "torch hooks on a plain eager twin (shared weights, tapped attention)"
 
     @property
     def hf_model(self) -> torch.nn.Module:

@@ -53,6 +53,9 @@ class TransformerLensEngine(Engine):
         # a user's bridge runs as the user built it
         self._attn_modules = self._find_tapped_attention() if owned else None
         self._rotary = any(n.endswith("attn.hook_rot_q") for n in bridge.hook_dict)
+        # some bridges compute rotary attention without firing hook_rot_q/k (GPT-NeoX, Phi-3 in
+        # TransformerLens 4.3): there rot_q/rot_k are derived from hook_q/hook_k and hook_cos/sin
+        self._derive_rotary = self._attn_modules is None and self._rotary
         self.served_by = ("a TransformerLens bridge on a copy of the model" if owned else "the user's TransformerLens bridge") + (
             " (tapped attention)" if self._attn_modules is not None else "")
 
@@ -156,15 +159,26 @@ class TransformerLensEngine(Engine):
                 return fn(t)
             return wrapped
 
-        fwd_hooks, taps = [], {}
+        fwd_hooks, taps, derived, parts = [], {}, [], {}
         for site, fn in hooks:
-            if self._attn_modules is not None and site.hook in TAP_SITES:
+            if self._derive_rotary and site.hook in _ROT:  # the hook point, and what to derive it from if it does not fire
+                derived.append((site, mark(site, fn)))
+                for part in (_ROT[site.hook], "hook_cos", "hook_sin"):
+                    name = f"blocks.{site.layer}.attn.{part}"
+                    if name not in parts:
+                        parts[name] = None
+                        fwd_hooks.append((name, _keep(parts, name)))
+                fwd_hooks.append((self.hook_point(site), _tl_hook(mark(site, fn))))
+            elif self._attn_modules is not None and site.hook in TAP_SITES:
                 taps.setdefault(id(self._attn_modules[site.layer]), []).append((TAP_SITES[site.hook], site.hook, mark(site, fn)))
             else:
                 fwd_hooks.append((self.hook_point(site), _tl_hook(mark(site, fn))))
         extra = {"logits_to_keep": 1} if last_only else {}
         with tapping({k: tap_callback(v) for k, v in taps.items()}), self.bridge.hooks(fwd_hooks=fwd_hooks):
             out = self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra)
+        for site, fn in derived:
+            if site.name not in fired:
+                _call_derived(site, fn, parts)
         raise_unfired(hooks, fired, self.name)
         return out
 
@@ -176,20 +190,47 @@ class TransformerLensEngine(Engine):
         return None if b is None or not bool(b.any()) else b
 
 
+_ROT = {"attn.hook_rot_q": "hook_q", "attn.hook_rot_k": "hook_k"}
+
+
+def _keep(parts: dict, name: str):
+    def hook(tensor, hook):
+        parts[name] = tensor.detach()
+    return hook
+
+
+def _call_derived(site: Site, fn, parts: dict) -> None:
+    """Rotary q/k from the bridge's q/k [b, p, head, d] and cos/sin [b, p, r] of the same run:
+    the first r features rotated as transformers' ``apply_rotary_pos_emb`` does (rotate_half),
+    the rest passed through (partial rotary).  Capture only: an edit cannot reach back into a
+    run that is over."""
+    base = f"blocks.{site.layer}.attn."
+    x, cos, sin = (parts.get(base + p) for p in (_ROT[site.hook], "hook_cos", "hook_sin"))
+    if x is None or cos is None or sin is None:
+        return  # not fired: raise_unfired names the site
+    r = cos.shape[-1]
+    cos, sin = cos[:, :, None, :].to(x.dtype), sin[:, :, None, :].to(x.dtype)
+    rot, rest = x[..., :r], x[..., r:]
+    half = torch.cat([-rot[..., r // 2:], rot[..., : r // 2]], dim=-1)
+    value = torch.cat([rot * cos + half * sin, rest], dim=-1)
+    out = fn(value)
+    if out is not None and out is not value and not torch.equal(out, value):
+        raise ValueError(f"{site.name}: this TransformerLens bridge computes rotary attention without a hook point for it, "
+                         "so the engine derives it from hook_q/hook_k and the rotary cos/sin after the run; it can be "
+                         "captured but not edited here: use engine='nnsight' to edit it")
+
+
 def _scores_are_post_softmax(bridge) -> bool:
-    """Whether the bridge's ``blocks.0.attn.hook_attn_scores`` carries the pattern: on a 3-token
-    input pre-softmax scores hold the causal mask's large negative entries, a pattern does not."""
-    seen = {}
+    """Whether the bridge's ``hook_attn_scores`` carries the pattern.  TransformerLens's base
+    ``AttentionBridge.forward`` runs the transformers attention module and fires
+    ``hook_attn_scores`` afterwards with the attention weights it returns (post-softmax); the
+    subclasses that compute attention themselves override ``forward``.  Read from the bridge's
+    classes, not from a probe run: a run would fire the user's own hooks."""
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
-    def keep(t, hook):
-        seen["scores"] = t.detach()
-
-    device = next(bridge.original_model.parameters()).device
-    if "blocks.0.attn.hook_attn_scores" not in bridge.hook_dict:
-        return False
-    with torch.no_grad(), bridge.hooks(fwd_hooks=[("blocks.0.attn.hook_attn_scores", keep)]):
-        bridge(torch.zeros(1, 3, dtype=torch.long, device=device))
-    return "scores" in seen and bool(seen["scores"].min() >= 0)
+    blocks = getattr(bridge, "blocks", None)
+    attn = getattr(blocks[0], "attn", None) if blocks is not None and len(blocks) else None
+    return attn is not None and type(attn).forward is AttentionBridge.forward
 
 
 def _tl_hook(fn: HookFn):

@@ -95,3 +95,29 @@ def test_smollm2_has_induction_heads_a_random_init_twin_does_not(smollm2):
     control = induction_scores(random_init_like(smollm2, seed=0), n_sequences=4)
     assert real.induction.max() >= 0.5          # measured: L18H6 0.92
     assert control.induction.max() <= 0.2      # random weights: no prefix matching
+
+
+def test_a_users_bridge_builds_the_same_prompts_as_the_model_it_wraps(hf_smollm2):
+    """TransformerLens reloads SmolLM2's tokenizer with add_bos_token=True; load_model(bridge)
+    builds prompts with the tokenizer as saved, so the prompts and logits equal those of
+    load_model(hf, tokenizer=tok), and results record the BOS policy."""
+    import copy
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from interp.prompts import build_icl_batch
+    from interp.tasks import load_task
+
+    m, tok = hf_smollm2
+    bridge = TransformerBridge.boot_transformers("smollm2", hf_model=copy.deepcopy(m), tokenizer=copy.deepcopy(tok))
+    assert bridge.tokenizer("a")["input_ids"][0] == tok.bos_token_id  # the bridge's own tokenizer prepends BOS
+    via_bridge, via_hf = load_model(bridge), load_model(m, tokenizer=tok)
+    task = load_task("sentiment")
+    a, b = (build_icl_batch(fm.tokenizer, task, k=2, n=3, seed=0) for fm in (via_bridge, via_hf))
+    assert torch.equal(a.input_ids, b.input_ids) and a.input_ids[0, 0] != tok.bos_token_id
+    with torch.no_grad():
+        diff = (via_bridge.run(a, logits="final").logits - via_hf.run(b, logits="final").logits).abs().max()
+    assert float(diff) <= 1e-4
+    info = via_bridge.provenance()
+    assert info["bos"]["prepend_bos"] is False and info["architecture"]["family"] == "llama"
+    assert info["served_by"] == "the user's TransformerLens bridge"

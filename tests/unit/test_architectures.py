@@ -25,8 +25,9 @@ from interp.model import Model, position_ids_from_mask  # noqa: E402
 SITES = ["hook_embed", "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
          "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
          "hook_resid_post", "logits"]
-# TransformerLens 4.3 computes GPT-NeoX's and Phi-3's attention itself without rotary hook points:
-# there the engine raises (never an empty capture), and the nnsight engine serves these sites.
+# TransformerLens 4.3 computes GPT-NeoX's and Phi-3's attention itself without firing its rotary
+# hook points: there the engine derives rot_q/rot_k from hook_q/hook_k and hook_cos/hook_sin
+# (capture only; an edit raises).
 TL_NO_ROTARY_HOOKS = {"gpt_neox", "phi3"}
 
 
@@ -91,9 +92,10 @@ def test_every_site_equals_the_plain_pytorch_reference(family, engine, tokenizer
     sites = _sites(model)
     fm = facade(model, engine, tokenizer)
     if engine in ("transformer-lens", "user-bridge") and family in TL_NO_ROTARY_HOOKS:
-        with pytest.raises(RuntimeError, match="never fired"):
-            fm.run(ids, attention_mask=mask, capture=["attn.hook_rot_q"])
-        sites = [s for s in sites if "rot_" not in s]
+        from interp.edits import AddVector
+
+        with pytest.raises(ValueError, match="captured but not edited"):
+            fm.run(ids, attention_mask=mask, edits=[AddVector("attn.hook_rot_q", torch.ones(8), layers=0)])
     with torch.no_grad():
         ref = _reference(model, tokenizer).run(ids, attention_mask=mask, capture=sites)
         out = fm.run(ids, attention_mask=mask, capture=sites)
@@ -185,10 +187,43 @@ def test_verify_is_the_parity_certificate(family, tokenizer):
     before = model_fingerprint(model)
     result = verify(model, tokenizer=tokenizer, texts=["Q: cat\nA: cats\n\nQ: dog\nA:", "Review: good.\nSentiment:"])
     failed = {(c.name, c.engine) for c in result.checks if not c.passed}
-    if family in TL_NO_ROTARY_HOOKS:
-        assert failed == {("sites_vs_reference", "transformer-lens")}
-    else:
-        assert result.passed, failed
+    assert result.passed, failed
     names = {c.name for c in result.checks}
     assert {"sites_vs_reference", "heads_sum_vs_attn_out", "engines_agree_logits", "no_hooks_left"} <= names
     assert_same_fingerprint(before, model_fingerprint(model))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_path_of_the_table_resolves(family):
+    from interp.architectures import ATTN_ROLES
+
+    model = make_family_model(family)
+    arch = architecture_of(model)
+    for role in ("embed", "pos_embed", "final_norm", "unembed", "rotary"):
+        path = getattr(arch, role)
+        assert path is None or isinstance(model.get_submodule(path), torch.nn.Module), role
+    for role in ("attn", "mlp", "mlp_in", "ln_attn", "ln_mlp", "post_attn_norm", "post_mlp_norm", *sorted(ATTN_ROLES)):
+        if arch.path(0, role) is not None:
+            assert arch.sub(model, 1, role) is model.get_submodule(arch.path(1, role)), role
+    params = {n for n, _ in model.named_parameters()}
+    for group in ("embed", "unembed", "norms", "attn", "mlp"):
+        for prefix in arch.role_prefixes(model, group):
+            assert any(n.startswith(prefix) for n in params) or group == "unembed", (group, prefix)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_init_keeps_the_named_module_groups_on_every_family(family, tokenizer):
+    from interp.plain import plain_twin
+    from interp.random_init import DEUTCH_KEEP, random_init_like
+
+    model = make_family_model(family)
+    control = random_init_like(load_model(model, engine="nnsight", tokenizer=tokenizer), seed=1, keep=DEUTCH_KEEP)
+    trained, fresh = dict(model.named_parameters()), dict(plain_twin(control.hf_model).named_parameters())
+    assert trained.keys() == fresh.keys()
+    kept = {n for n in trained if torch.equal(trained[n], fresh[n])}
+    norms = {n for n, m in model.named_modules() if "norm" in type(m).__name__.lower()}
+    expected = {n for n in trained if n.rsplit(".", 1)[0] in norms or "embed" in n or "wte" in n or "wpe" in n
+                or n.startswith(("lm_head", "embed_out"))}
+    assert kept == expected, (kept ^ expected)
+    with pytest.raises(ValueError, match="unknown module group"):
+        random_init_like(load_model(model, engine="nnsight", tokenizer=tokenizer), keep=("embed_tokens",))
