@@ -110,19 +110,16 @@ def run_side_cached(model, batch, *, append: int | None, demo_columns: list[int]
                     batch_size: int = 16) -> SideRun | None:
     """:func:`run_side` for rows that share one demo prefix (``same_demos=True``), computing the
     prefix's keys/values once (:func:`interp.prefix_cache.run_recorded`); ICL-side fields
-    (rotary queries, demo scores) included.  None when the rows do not share the prefix or the
-    model is not a Llama-style decoder (then call :func:`run_side`)."""
-    from interp.patching.runner import DecoderRunner
+    (rotary queries, demo scores) included.  None when the rows do not share the prefix (then
+    call :func:`run_side`).  On a family outside the architecture table ``model.runner`` is the
+    engine path (full forwards, same numbers)."""
     from interp.prefix_cache import SharedPrefix, run_recorded, split_shared_prefix
 
     split = split_shared_prefix(batch, append)
     if split is None:
         return None
     prefix, suffixes = split
-    try:
-        runner = runner or model.runner
-    except NotImplementedError:
-        return None
+    runner = runner or model.runner
     rec = [len(x) - 1 for x in suffixes]
     pred = [x - 1 for x in rec] if append is not None else rec
     out = run_recorded(SharedPrefix(model, prefix, runner=runner), suffixes, rec, pred, batch_size=batch_size)

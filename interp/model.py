@@ -79,12 +79,19 @@ class Model:
     def runner(self):
         """The fast paths (:class:`~interp.patching.runner.DecoderRunner`: start at layer L, reuse
         cached keys/values, batch patched variants), built once, on a plain twin sharing this
-        model's weights.  Raises :class:`~interp.architectures.UnsupportedArchitecture` for a family
-        the architecture table does not describe."""
+        model's weights.  For a family the architecture table does not describe, the same
+        interface over full forwards of the engine (:class:`~interp.patching.engine_runner.EngineRunner`):
+        slower, same numbers.  ``runner.path`` says which ("fast" / "engine")."""
         if getattr(self, "_runner", None) is None:
+            from interp.architectures import UnsupportedArchitecture
             from interp.patching.runner import DecoderRunner
 
-            self._runner = DecoderRunner(self.hf_model)
+            try:
+                self._runner = DecoderRunner(self.hf_model)
+            except UnsupportedArchitecture:
+                from interp.patching.engine_runner import EngineRunner
+
+                self._runner = EngineRunner(self)
         return self._runner
 
     @property
@@ -109,9 +116,7 @@ class Model:
             "served_by": getattr(self.engine, "served_by", None),
             "architecture": arch.record(config) if arch is not None else {"family": None, "model_type": getattr(config, "model_type", None)},
             "bos": self.bos_policy,
-            "fast_path": ("runner: transformers' forward of a plain eager twin (shared weights), layers below the patched "
-                          "one passed through, earlier positions' keys/values cached" if arch is not None else
-                          "none: the family is outside the architecture table"),
+            "runner": self.runner.description,
         }
 
     def kv_head(self, head: int) -> int:

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from interp.model import pad_ids
-from interp.patching.runner import DecoderRunner, PrefixKV
+from interp.patching.runner import DecoderRunner
 
 
 @dataclass
@@ -47,10 +47,11 @@ class SharedPrefix:
     def __init__(self, model, prefix_ids: Sequence[int], runner: DecoderRunner | None = None):
         self.model = model
         self.runner = runner or model.runner
-        ids = torch.tensor([list(prefix_ids)])
+        ids = torch.tensor([list(prefix_ids)], device=model.device)
         state = self.runner.corrupted_state(ids, torch.ones_like(ids))
-        self.kv = PrefixKV(state.keys, state.values)
+        self.kv = state.prefix(ids.shape[1])  # keys/values on the fast path, the tokens on the engine path
         self.prefix_len = ids.shape[1]
+        self.device = ids.device
 
     @torch.no_grad()
     def run(self, suffixes: Sequence[Sequence[int]], *, patterns: bool = True, batch_size: int = 16) -> PrefixRun:
@@ -66,9 +67,9 @@ class SharedPrefix:
         the suffix, prefix key/values expanded to the batch, mask over prefix + suffix,
         absolute positions), on the prefix's device."""
         b, p = len(suffixes), self.prefix_len
-        device = self.kv.keys[0].device
+        device = self.device
         ids, mask = (t.to(device) for t in pad_ids(suffixes, self.model.pad_token_id, "right"))
-        kv = PrefixKV([k.expand(b, -1, -1, -1) for k in self.kv.keys], [v.expand(b, -1, -1, -1) for v in self.kv.values])
+        kv = self.kv.expand(b)
         full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype, device=device), mask], dim=1)
         positions = (p + torch.arange(ids.shape[1], device=device)).expand(b, -1)
         return ids, mask, kv, full_mask, positions
@@ -85,11 +86,11 @@ class SharedPrefix:
                 def fn(pattern):  # [b, head, q, k]
                     rows[layer] = pattern[torch.arange(b), :, final]
                 return fn
-            edits = [(l, "attn.hook_pattern", grab(l)) for l in range(len(r.layers))]
+            edits = [(l, "attn.hook_pattern", grab(l)) for l in range(r.n_layers)]
         logits = r.run_tokens(ids, full_mask, positions, prefix=kv, edits=edits)
         return PrefixRun(
             logits=logits[torch.arange(b), final],
-            patterns=torch.stack([rows[l] for l in range(len(r.layers))]) if patterns else None,
+            patterns=torch.stack([rows[l] for l in range(r.n_layers)]) if patterns else None,
             final_positions=p + final,
             prefix_len=p,
         )
@@ -124,7 +125,7 @@ def _run_recorded(prefix: SharedPrefix, suffixes: list[list[int]], record_at: li
         return fn
 
     edits = []
-    for l in range(len(r.layers)):
+    for l in range(r.n_layers):
         edits += [
             (l, "attn.hook_rot_q", keep("q", l, lambda t: t[rows, rec])),  # [b, pos, head, d] -> [b, head, d]
             (l, "attn.hook_attn_scores", keep("scores", l, lambda t: t[rows, :, rec])),  # [b, head, k]
@@ -132,7 +133,7 @@ def _run_recorded(prefix: SharedPrefix, suffixes: list[list[int]], record_at: li
             (l, "hook_attn_out", keep("attn_out", l, lambda t: t[rows, rec])),
         ]
     logits = r.run_tokens(ids, full_mask, positions, prefix=kv, edits=edits)
-    n = len(r.layers)
+    n = r.n_layers
     sc = torch.stack([got["scores"][l] for l in range(n)], 1)  # [b, layer, head, P + s]
     return RecordedRun(
         logits=logits[rows, torch.tensor(predict_at)], attn_out=torch.stack([got["attn_out"][l] for l in range(n)], 1),

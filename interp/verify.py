@@ -16,6 +16,15 @@ Each check is a max-abs difference against a threshold:
   neither engine): ≤ 1e-5 (logits 1e-4).
 - ``engines_agree_<site>``: the same captures through TransformerLens and nnsight: ≤ 1e-5.
 - ``no_hooks_left``: hook count on the model after the calls, also after a call that raised: 0.
+- ``edit_<kind>``: each edit kind (knockout, scale, ablate, patch, add) through the engine vs the
+  same edit on the plain-PyTorch reference: ≤ 1e-4 on the logits; inf when the reference edit
+  does not move the logits (an edit with no effect proves nothing).
+- ``fast_path_vs_engine``: the runner (start at a middle layer at the final position with the
+  earlier positions' keys/values cached; run the last tokens after a cached prefix) vs the
+  engine's full forward: ≤ 1e-4.
+- ``user_model_unchanged``: a model passed in (not a name): weights, ``requires_grad``, hooks,
+  instance attributes, training flags and attention implementation after all the checks, 0 when
+  all are as before.
 
 The prompts are a left-padded batch of two rows, so masks and position ids are exercised.
 """
@@ -97,6 +106,8 @@ def verify(
     batch is left-padded, except in float64, where plain transformers itself turns left-padded
     rows into NaN (masked pad rows), so right padding is used there."""
     kwargs = {"dtype": dtype} if dtype is not None else {}
+    user_object = model if isinstance(model, torch.nn.Module) else None
+    before = object_fingerprint(user_object) if user_object is not None else None
     facades = {e: load_model(model, engine=e, tokenizer=tokenizer, **kwargs) for e in engines}
     first = next(iter(facades.values()))
     result = VerifyResult(model=first.name)
@@ -168,6 +179,18 @@ def verify(
         except (RuntimeError, ValueError):  # a site this engine cannot serve on this model
             worst = float("inf")
         result.checks.append(Check("sites_vs_reference", engine, worst, THRESHOLDS["resid"]))
+        for kind, edit in _edit_kinds(first, input_ids, mask):
+            with torch.no_grad():
+                want = torch_ref.run(input_ids, attention_mask=mask, edits=[edit]).logits
+                got = fm.run(input_ids, attention_mask=mask, edits=[edit]).logits
+            effect = _maxdiff(want[real], ref_sites["logits"][real])
+            value = _maxdiff(got[real], want[real]) if effect > 1e-6 else float("inf")
+            result.checks.append(Check(f"edit_{kind}", engine, value, THRESHOLDS["logits"]))
+        result.checks.append(Check("fast_path_vs_engine", engine, _fast_path_diff(fm, input_ids, mask), THRESHOLDS["logits"]))
+
+    if user_object is not None:
+        changed = [k for k, v in object_fingerprint(user_object).items() if v != before[k]]
+        result.checks.append(Check("user_model_unchanged", "both", float(len(changed)), 0.0))
 
     if len(runs) == 2:
         a, b = runs.values()
@@ -177,6 +200,54 @@ def verify(
             worst = max(_maxdiff(a.acts[f"blocks.{l}.{hook}"], b.acts[f"blocks.{l}.{hook}"]) for l in range(n))
             result.checks.append(Check(f"engines_agree_{hook.split('.')[-1]}", "both", worst, THRESHOLDS["engines"]))
     return result
+
+
+def _edit_kinds(model, input_ids, mask) -> list:
+    """One edit of each kind, on the middle layer, from the final position (left padding: the
+    last column) to the first real positions of every row."""
+    from interp.edits import Ablate, AddVector, AttentionKnockout, Patch, ScaleAttention
+
+    layer, t = model.n_layers // 2, input_ids.shape[1]
+    early = list(range(t - int(mask.sum(1).min()), t - 2))  # real in every row, before the final two
+    g = torch.Generator().manual_seed(0)
+    vector = torch.randn(model.d_model, generator=g)
+    patch = torch.randn(*input_ids.shape, model.d_model, generator=g)
+    return [
+        ("knockout", AttentionKnockout("final", early, layers=layer)),
+        ("scale", ScaleAttention("final", early, 3.0, layers=layer)),
+        ("ablate", Ablate("attn.hook_z", layers=layer, heads=[0])),
+        ("patch", Patch("hook_resid_pre", patch, layers=layer, positions=[t - 2])),
+        ("add", AddVector("hook_resid_post", vector, layers=layer, positions="final")),
+    ]
+
+
+def _fast_path_diff(fm, input_ids, mask) -> float:
+    """The runner against the engine's full forward (final-position logits)."""
+    runner = fm.runner
+    t, mid = input_ids.shape[1], fm.n_layers // 2
+    with torch.no_grad():
+        full = fm.run(input_ids, attention_mask=mask).logits
+        state = runner.corrupted_state(input_ids, mask)
+        last = runner.run_from(mid, state.resid_pre[mid][:, -1:], mask, state.position_ids[:, -1:], prefix=state.prefix(t - 1),
+                               last_only=True)[:, -1]
+        tail = runner.run_tokens(input_ids[:, -3:], mask, state.position_ids[:, -3:], prefix=state.prefix(t - 3))
+    return max(_maxdiff(last, full[:, -1]), _maxdiff(tail, full[:, -3:]))
+
+
+def object_fingerprint(model: torch.nn.Module) -> dict:
+    """What must not change on a user's model: a digest of the weights, ``requires_grad`` per
+    parameter, hook count, instance attributes, training flags, attention implementation."""
+    from interp.finetune import parameter_hash
+
+    config = getattr(model, "config", None)
+    return {
+        "weights": parameter_hash(model),
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "hooks": count_hooks(model),
+        "attributes": {n: sorted(vars(m)) for n, m in model.named_modules()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+    }
 
 
 class _Boom(RuntimeError):

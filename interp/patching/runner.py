@@ -73,6 +73,10 @@ class PrefixKV:
     def length(self) -> int:
         return self.keys[0].shape[2]
 
+    def expand(self, batch: int) -> "PrefixKV":
+        """The same prefix for ``batch`` rows (a one-row prefix broadcast, no copy)."""
+        return PrefixKV([k.expand(batch, -1, -1, -1) for k in self.keys], [v.expand(batch, -1, -1, -1) for v in self.values])
+
 
 @dataclass
 class CorruptedState:
@@ -108,6 +112,10 @@ class DecoderRunner:
     """Fast paths over the plain-PyTorch engine's twin of a model (see the module docstring).
     Built once per :class:`~interp.model.Model` (``model.runner``)."""
 
+    path = "fast"
+    description = ("fast path: transformers' forward of a plain eager twin (shared weights), layers below the patched one "
+                   "passed through, earlier positions' keys/values cached")
+
     def __init__(self, model):
         from interp.engines.torch_engine import TorchEngine
 
@@ -115,6 +123,7 @@ class DecoderRunner:
         self.engine = engine
         self.twin, self.arch, self.facts = engine.twin, engine.arch, engine.facts
         self.layers = self.arch.layer_list(self.twin)
+        self.n_layers = len(self.layers)
         self.n_heads, self.d_head = self.facts.n_heads, self.facts.d_head
 
     @torch.no_grad()

@@ -260,7 +260,7 @@ def _autograd_attribution(family, model, clean_ids, ids, mask):
         z = zs[(l, True)]
         delta = (zs[(l, False)] - z.detach()).reshape(*z.shape[:-1], N_HEADS, D_HEAD)
         g = zs[(l, "leaf")].grad.reshape(delta.shape)
-        out[l] = float(value) + (delta * g * real).sum((0, 1, 3))
+        out[l] = float(value.detach()) + (delta * g * real).sum((0, 1, 3))
     return out
 
 
@@ -274,8 +274,8 @@ def test_head_patching_and_attribution_equal_the_naive_references(family, tokeni
     ids, mask = family_batch()
     g = torch.Generator().manual_seed(5)
     clean_ids = torch.where(mask.bool(), torch.randint(2, 70, ids.shape, generator=g), ids)
-    for engine in ("transformer-lens", "nnsight"):
-        fm = load_model(model, engine=engine, tokenizer=tokenizer)
+    for engine in ENGINES:
+        fm = facade(model, engine, tokenizer)
         for positions in ("all", "final"):
             want = _naive_head_patching(family, model, clean_ids, ids, mask, positions == "final")
             got = patch_heads(fm, (clean_ids, mask), (ids, mask), _metric, positions=positions).scores
@@ -286,4 +286,56 @@ def test_head_patching_and_attribution_equal_the_naive_references(family, tokeni
         model.zero_grad(set_to_none=True)
         got = attribution_patch_heads(fm, (clean_ids, mask), (ids, mask), _metric).scores
         assert float((got - want).abs().max()) <= 1e-5, engine
+    assert_same_fingerprint(before, model_fingerprint(model))
+
+
+# families TransformerLens runs that the architecture table does not describe: the runner is the
+# engine path (full forwards), and its numbers equal the naive references all the same
+OUTSIDE = {"bloom": ("transformer.h", "self_attention", "dense"), "falcon": ("transformer.h", "self_attention", "dense"),
+           "stablelm": ("model.layers", "self_attn", "o_proj")}
+
+
+def _outside_model(family):
+    import transformers as T
+
+    config = {"bloom": T.BloomConfig(vocab_size=80, hidden_size=32, n_layer=2, n_head=4),
+              "falcon": T.FalconConfig(vocab_size=80, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       new_decoder_architecture=False, multi_query=False),
+              "stablelm": T.StableLmConfig(vocab_size=80, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2)}[family]
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    model.config.architectures = [type(model).__name__]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0) if p.ndim == 2 else p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(OUTSIDE))
+def test_families_outside_the_table_run_on_the_engine_path(family, tokenizer, monkeypatch):
+    from interp.architectures import UnsupportedArchitecture
+    from interp.patching.activation import patch_heads
+    from interp.prefix_cache import SharedPrefix
+
+    monkeypatch.setitem(_NAMES, family, OUTSIDE[family])
+    model = _outside_model(family)
+    before = model_fingerprint(model)
+    fm = load_model(model, tokenizer=tokenizer)
+    assert fm.runner.path == "engine" and "outside the architecture table" in fm.provenance()["runner"]
+    ids, mask = family_batch()
+    g = torch.Generator().manual_seed(5)
+    clean_ids = torch.where(mask.bool(), torch.randint(2, 70, ids.shape, generator=g), ids)
+    for positions in ("all", "final"):
+        want = _naive_head_patching(family, model, clean_ids, ids, mask, positions == "final")
+        got = patch_heads(fm, (clean_ids, mask), (ids, mask), _metric, positions=positions).scores
+        assert float((got - want).abs().max()) <= 1e-5, positions
+    prefix = ids[1, :25].tolist()
+    suffixes = [ids[1, 25:].tolist(), ids[1, 25:33].tolist()]
+    run = SharedPrefix(fm, prefix).run(suffixes)
+    for b, suf in enumerate(suffixes):
+        full = _logits(model, torch.tensor([prefix + suf]), torch.ones(1, len(prefix) + len(suf), dtype=torch.long))
+        assert float((run.logits[b] - full[0, -1]).abs().max()) <= 1e-5
+    with pytest.raises(UnsupportedArchitecture, match=family):
+        load_model(model, engine="nnsight", tokenizer=tokenizer)
     assert_same_fingerprint(before, model_fingerprint(model))

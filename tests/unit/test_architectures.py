@@ -189,7 +189,8 @@ def test_verify_is_the_parity_certificate(family, tokenizer):
     failed = {(c.name, c.engine) for c in result.checks if not c.passed}
     assert result.passed, failed
     names = {c.name for c in result.checks}
-    assert {"sites_vs_reference", "heads_sum_vs_attn_out", "engines_agree_logits", "no_hooks_left"} <= names
+    assert {"sites_vs_reference", "heads_sum_vs_attn_out", "engines_agree_logits", "no_hooks_left", "edit_knockout", "edit_scale",
+            "edit_ablate", "edit_patch", "edit_add", "fast_path_vs_engine", "user_model_unchanged"} <= names
     assert_same_fingerprint(before, model_fingerprint(model))
 
 
