@@ -45,7 +45,7 @@ VERIFY_TEXTS = [
     "Q: cat\nA: cats\n\nQ: house\nA: houses\n\nQ: mouse\nA:",
     "Review: the food was cold and the service slow.\nSentiment: negative\n\nReview: a delightful evening, we loved it.\nSentiment:",
 ]
-THRESHOLDS = {"logits": 1e-4, "resid": 1e-5, "heads_sum": 1e-5, "engines": 1e-5}
+THRESHOLDS = {"logits": 1e-4, "resid": 1e-5, "heads_sum": 1e-5, "engines": 1e-5, "edits": 1e-4, "fast_path": 1e-4}
 
 
 @dataclass
@@ -185,8 +185,8 @@ def verify(
                 got = fm.run(input_ids, attention_mask=mask, edits=[edit]).logits
             effect = _maxdiff(want[real], ref_sites["logits"][real])
             value = _maxdiff(got[real], want[real]) if effect > 1e-6 else float("inf")
-            result.checks.append(Check(f"edit_{kind}", engine, value, THRESHOLDS["logits"]))
-        result.checks.append(Check("fast_path_vs_engine", engine, _fast_path_diff(fm, input_ids, mask), THRESHOLDS["logits"]))
+            result.checks.append(Check(f"edit_{kind}", engine, value, THRESHOLDS["edits"]))
+        result.checks.append(Check("fast_path_vs_engine", engine, _fast_path_diff(fm, input_ids, mask), THRESHOLDS["fast_path"]))
 
     if user_object is not None:
         changed = [k for k, v in object_fingerprint(user_object).items() if v != before[k]]

@@ -1,7 +1,8 @@
 """Tiny random models of every family in the architecture table, built offline from their configs:
 2 layers, GQA where the family has it, norm weights and biases moved away from their init,
 ``config.architectures`` set as a checkpoint has it.  ``mistral-sw16`` has a sliding window of
-16 and is run on 40-token prompts, so the window is shorter than the prompt."""
+16 and is run on 40-token prompts, so the window is shorter than the prompt; ``phi3-partial``
+rotates half of each head's features (``partial_rotary_factor=0.5``, as Phi-3.5/4 do)."""
 from __future__ import annotations
 
 import copy
@@ -32,6 +33,7 @@ def family_configs(n_ctx: int = 64) -> dict:
         "gemma2": T.Gemma2Config(**gqa, head_dim=8, sliding_window=16),
         "gemma3": T.Gemma3TextConfig(**gqa, head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"]),
         "phi3": T.Phi3Config(**gqa),
+        "phi3-partial": T.Phi3Config(**gqa, partial_rotary_factor=0.5),
         "olmo2": T.Olmo2Config(**gqa),
     }
 
