@@ -10,10 +10,14 @@ label words in shallow layers, and from the label words to the prediction in dee
 - **Isolation**: block attention into the label words (label token p attends only to itself,
   pre-softmax) in the first or last ``n_isolate`` layers, against the same number of random
   non-label positions; label loyalty = fraction of unchanged label-word argmax, word loyalty =
-  mean Jaccard of the top-10 vocabulary ids (10 as in the authors' code; the paper says 5).
+  mean Jaccard of the top-10 vocabulary ids (10 as in the authors' code; the paper says 5).  The
+  random control's positions are drawn anew for every isolated layer, as Wang's code does
+  (``random_positions="per-layer"``, default; ``"shared"``: one draw for all layers).
 - **AUCROC_l**: does the attention from q to each class's label positions (summed over heads and
-  positions) predict the model's own output?  Binary: AUC of class 1's score; more classes: the
-  row-normalised scores, one-vs-one macro average.  R_l = Σ_{i≤l}(AUC_i − ½) / Σ_i(AUC_i − ½).
+  positions) predict the model's own output?  As Wang's notebook computes it (``roc_auc_score``
+  against the model's predictions): only the classes the model predicts are kept; binary: AUC of
+  the second kept class's score; more: the scores renormalised over the kept classes, one-vs-one
+  macro average (Hand & Till).  R_l = Σ_{i≤l}(AUC_i − ½) / Σ_i(AUC_i − ½).
 """
 from __future__ import annotations
 
@@ -46,17 +50,20 @@ def auc(labels: torch.Tensor, scores: torch.Tensor) -> float:
 
 
 def auc_ovo(y: torch.Tensor, scores: torch.Tensor) -> float:
-    """Macro one-vs-one AUC over the classes present in ``y`` (scores [n, C], row-normalised)."""
+    """AUCROC of ``scores`` [n, C] against labels ``y`` as Wang et al.'s notebook computes it:
+    classes absent from ``y`` dropped, scores renormalised over the kept ones, then binary AUC
+    (two kept classes) or the macro one-vs-one average.  NaN with fewer than two classes."""
     classes = sorted(set(y.tolist()))
     if len(classes) < 2:
         return float("nan")
-    if scores.shape[1] == 2 and len(classes) == 2:
-        return auc(y == 1, scores[:, 1])
-    s = scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
+    kept = scores[:, classes].double()
+    s = kept / kept.sum(-1, keepdim=True).clamp_min(1e-12)
+    if len(classes) == 2:
+        return auc(y == classes[1], s[:, 1])
     vals = []
-    for a, b in itertools.combinations(classes, 2):
+    for (i, a), (j, b) in itertools.combinations(enumerate(classes), 2):
         keep = (y == a) | (y == b)
-        vals.append(0.5 * (auc(y[keep] == a, s[keep, a]) + auc(y[keep] == b, s[keep, b])))
+        vals.append(0.5 * (auc(y[keep] == a, s[keep, i]) + auc(y[keep] == b, s[keep, j])))
     return float(sum(vals) / len(vals))
 
 
@@ -129,8 +136,11 @@ class AnchorsResult:
         return [fig, fig2]
 
 
-def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: int = 0, n_isolate: int = 5, batch_size: int = 4) -> AnchorsResult:
+def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: int = 0, n_isolate: int = 5, batch_size: int = 4,
+                     random_positions: str = "per-layer") -> AnchorsResult:
     """Saliency flows, AUCROC_l and isolation on ``n`` k-shot prompts (see the module docstring)."""
+    if random_positions not in ("per-layer", "shared"):
+        raise ValueError(f"random_positions must be 'per-layer' (Wang et al.'s code) or 'shared', got {random_positions!r}")
     import random
 
     from interp.capture import Capture
@@ -181,16 +191,20 @@ def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: 
         for where in ("first", "last"):
             layers = list(range(n_isolate)) if where == "first" else list(range(L - n_isolate, L))
             for kind in ("label", "random"):
-                pairs = torch.zeros(len(sub), T, T, dtype=torch.bool)
-                for b, row in enumerate(sub.rows):
-                    label_pos = [s.start for s in row.demo_labels]
-                    if kind == "random":
-                        candidates = [p for p in range(row.start + 1, row.final - 1) if p not in label_pos]
-                        label_pos = rng.sample(candidates, len(label_pos))
-                    for p in label_pos:
-                        pairs[b, p, row.start:p] = True
+                draws = layers if (kind == "random" and random_positions == "per-layer") else [None]
+                edits = []
+                for layer in draws:  # one set of positions per layer (per-layer control), else one for all
+                    pairs = torch.zeros(len(sub), T, T, dtype=torch.bool)
+                    for b, row in enumerate(sub.rows):
+                        label_pos = [s.start for s in row.demo_labels]
+                        if kind == "random":
+                            candidates = [p for p in range(row.start + 1, row.final - 1) if p not in label_pos]
+                            label_pos = rng.sample(candidates, len(label_pos))
+                        for p in label_pos:
+                            pairs[b, p, row.start:p] = True
+                    edits.append(BlockAttentionPairs(pairs, layers=layers if layer is None else [layer]))
                 with torch.no_grad():
-                    out = model.run(sub, edits=[BlockAttentionPairs(pairs, layers=layers)], logits="final").logits
+                    out = model.run(sub, edits=edits, logits="final").logits
                 iso_rows[(where, kind)].append((out[:, ids].argmax(-1).cpu() == pred, word_jaccard(out.float(), base.float())))
     sums /= len(batch)
     model_pred = torch.cat(preds)

@@ -17,9 +17,10 @@ arguments after a crash or kill, it loads them instead of recomputing (:mod:`ana
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from analyses.report import strict_json, write_json_atomic
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -42,6 +43,23 @@ def _one_task_run(p: argparse.ArgumentParser, *, k: int, n: int) -> None:
     p.add_argument("--k", type=int, default=k)
     p.add_argument("--n", type=int, default=n)
     p.add_argument("--seed", type=int, default=0)
+    _tokenisation_arg(p)
+
+
+def _tokenisation_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenisation", choices=("whole-text", "piecewise"), default="whole-text",
+                   help="how prompts become tokens: the whole text at once as the model reads it (default), "
+                        "or each piece on its own (the earlier default, for comparison)")
+
+
+def _task(args):
+    """The --task with the --tokenisation of the command line in its template."""
+    import dataclasses
+
+    from analyses.kernel_report import resolve_task
+
+    task = resolve_task(args.task)
+    return dataclasses.replace(task, template=dataclasses.replace(task.template, tokenisation=args.tokenisation))
 
 
 def _placement(parser: argparse.ArgumentParser, args) -> None:
@@ -89,7 +107,7 @@ def cmd_verify(args) -> int:
     dtype = {"float32": None, "float64": torch.float64}[args.dtype]
     texts = args.text or VERIFY_TEXTS
     result = verify(args.model, engines=engines, dtype=dtype, texts=texts)
-    print(json.dumps(result.to_dict(), indent=2))
+    print(strict_json(result.to_dict(), indent=2))
     return 0 if result.passed else 1
 
 
@@ -99,12 +117,12 @@ def cmd_accuracy(args) -> int:
 
     _setup(args)
     model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
-    result = icl_accuracy_vs_k(model, args.task, ks=args.k, n=args.n, seeds=args.seed, progress=not args.quiet)
+    result = icl_accuracy_vs_k(model, _task(args), ks=args.k, n=args.n, seeds=args.seed, progress=not args.quiet)
     print(result.summary())
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({**result.to_dict(), "model_info": model.provenance()}, indent=2))
+        write_json_atomic(out / "results.json", {**result.to_dict(), "model_info": model.provenance()})
     return 0
 
 
@@ -114,7 +132,7 @@ def cmd_kernel(args) -> int:
 
     _setup(args)
     model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
-    results = run_kernel_analysis(model, args.task, k=args.k, n=args.n, seed=args.seed, out=args.out,
+    results = run_kernel_analysis(model, _task(args), k=args.k, n=args.n, seed=args.seed, out=args.out,
                                   parts=args.parts.split(","), similarity_n=args.similarity_n, probes_n=args.probes_n,
                                   anchors_n=args.anchors_n)
     if "reconstruction" in results:
@@ -132,7 +150,7 @@ def cmd_icl_vs_gd(args) -> int:
     config = paper_config(args.params, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                           loss=args.loss, layer_causal=args.layer_causal or None)
     model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
-    results = run_icl_vs_gd_analysis(model, args.task, k=args.k, n=args.n, seed=args.seed, config=config, orders=args.orders,
+    results = run_icl_vs_gd_analysis(model, _task(args), k=args.k, n=args.n, seed=args.seed, config=config, orders=args.orders,
                                      orders_n=args.orders_n, record=args.record, out=args.out)
     acc = results["icl_vs_gd"]["accuracy"]
     print(f"accuracy ZS {acc['zs']['accuracy']:.3f} ICL {acc['icl']['accuracy']:.3f} GD {acc['gd']['accuracy']:.3f}; "
@@ -174,8 +192,8 @@ def cmd_heads(args) -> int:
     _setup(args)
     scores = parse_scores(args.scores)  # a bad name fails before the model loads
     model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
-    result = run_heads_report(model, args.task, out=args.out, k=args.k, n=args.n, seed=args.seed, scores=scores,
-                              patch_positions=args.patch_positions, progress=not args.quiet)
+    result = run_heads_report(model, _task(args), out=args.out, k=args.k, n=args.n, seed=args.seed, scores=scores,
+                              patch_positions=args.patch_positions, progress=not args.quiet, fv_mean_over=args.fv_mean_over)
     print(result.summary())
     print("wall time (s): " + ", ".join(f"{name} {s:.1f}" for name, s in result.seconds.items()))
     print(f"wrote {args.out}/results.json and {args.out}/report.html")
@@ -209,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--seed", type=int, nargs="+", default=[0])
     p.add_argument("--out", default=None)
+    _tokenisation_arg(p)
     p.set_defaults(func=cmd_accuracy)
 
     p = sub.add_parser("kernel", help="does attention do kernel regression over the demonstrations? (Han et al.; Wang et al.)")
@@ -269,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "dual_form_gd (default: all; dual_form_gd fine-tunes a copy of the model on the demos)")
     p.add_argument("--patch-positions", choices=["final", "all"], default="final",
                    help="positions where the head patching replaces z (all: ~20x slower)")
+    p.add_argument("--fv-mean-over", choices=["correct", "all"], default="correct",
+                   help="clean prompts the AIE's mean head outputs come from: those the model answers correctly "
+                        "(Todd et al., default) or all")
     p.add_argument("--out", default="out/heads")
     p.set_defaults(func=cmd_heads)
 

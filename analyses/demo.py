@@ -157,7 +157,11 @@ def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens",
                          [lr["lsa"].figures()[0], lr["gpt"].figures()[-1]]))
     data["resumed_parts"] = run.summary()
     data["seconds"] = {"total": round(time.time() - start, 1), **seconds}
-    write_run(out, data, f"icl-interp demo — {model.name}", sections, model=model)
+    from interp.prompts import Template
+
+    protocol = {"parts": list(parts), "tokenisation": Template().tokenisation,
+                "note": "each part's prompts use its task's template (see the part's own fields)"}
+    write_run(out, data, f"icl-interp demo — {model.name}", sections, model=model, protocol=protocol)
     print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'} ({data['seconds']['total']} s)")
     return data
 

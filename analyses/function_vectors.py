@@ -1,7 +1,10 @@
 """Function vectors (Todd et al. 2023) and the causal indirect effect of every head.
 
 1. Mean head outputs: ā_{l,h} = mean over clean k-shot prompts of z_{l,h} at the final position
-   (``attn.hook_z``, the per-head input of W_O).
+   (``attn.hook_z``, the per-head input of W_O).  Todd et al.'s protocol (default,
+   ``mean_over="correct"``) averages only the clean prompts the model answers correctly (top-1
+   next token = the answer's first token); ``mean_over="all"`` averages every clean prompt (the
+   project's earlier variant).  The result records how many prompts were kept.
 2. Corrupted prompts: the same demonstrations with their labels shuffled.  For every head,
    CIE(l, h | p̃) = P(y_q | p̃, z_{l,h} := ā_{l,h}) − P(y_q | p̃) at the final position, and
    AIE(l, h) = mean over corrupted prompts (computed with the final-position fast path).
@@ -49,6 +52,8 @@ class FunctionVectorResult:
     shuffled_with_fv: dict
     clean_icl: dict
     layer_sweep: dict = field(default_factory=dict)  # edit layer -> zero-shot accuracy with FV
+    mean_over: str = "correct"
+    n_mean: int = 0  # clean prompts the mean head outputs come from
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "aie"}
@@ -61,7 +66,8 @@ class FunctionVectorResult:
         return "\n".join([
             f"Function vectors on {self.task} ({self.model}, k={self.k}, seed {self.seed})",
             f"  top heads by AIE: {heads}",
-            f"  clean {self.k}-shot accuracy: {_fmt(self.clean_icl)}",
+            f"  clean {self.k}-shot accuracy: {_fmt(self.clean_icl)}; mean head outputs over {self.n_mean} of "
+            f"{self.n_clean} clean prompts ({'those answered correctly' if self.mean_over == 'correct' else 'all'})",
             f"  zero-shot: {_fmt(self.zero_shot)}  ->  with FV at layer {self.edit_layer}: {_fmt(self.zero_shot_with_fv)}",
             f"  shuffled labels: {_fmt(self.shuffled)}  ->  with FV: {_fmt(self.shuffled_with_fv)}",
         ])
@@ -95,6 +101,19 @@ def mean_head_outputs(model, batch, *, batch_size: int = 16) -> torch.Tensor:
             acts = model.run(sub, capture=[Capture("attn.hook_z", positions="final")]).acts
         total += acts.stack("attn.hook_z")[:, :, 0].sum(1).float().cpu()
     return total / len(batch)
+
+
+def clean_mean_head_outputs(model, clean, mean_over: str = "correct") -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """(ā [layer, head, d_head], the rows it averages, per-row correctness) over the clean
+    prompts: those answered correctly (top-1 = ``target_ids``; Todd et al.) or all."""
+    with torch.no_grad():
+        right = model.run(clean, logits="final").logits.argmax(-1).cpu() == clean.target_ids.cpu()
+    kept = right.nonzero().flatten().tolist() if mean_over == "correct" else list(range(len(clean)))
+    if not kept:
+        raise ValueError(f"the model answers none of the {len(clean)} clean {clean.k}-shot prompts correctly, so Todd et al.'s "
+                         "mean over correct prompts is undefined: use more demonstrations (k), more clean prompts (n_clean), "
+                         "or mean_over='all'")
+    return mean_head_outputs(model, clean.select(kept)), kept, right
 
 
 def function_vector(model, mean_z: torch.Tensor, heads: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -134,8 +153,12 @@ def function_vector_analysis(
     sweep_layers: bool = False,
     seed: int = 0,
     runner: DecoderRunner | None = None,
+    mean_over: str = "correct",
 ) -> FunctionVectorResult:
-    """AIE of every head, the function vector of the top heads, and its zero-shot effect."""
+    """AIE of every head, the function vector of the top heads, and its zero-shot effect.
+    ``mean_over``: "correct" (Todd et al.: clean prompts the model gets right) or "all"."""
+    if mean_over not in ("correct", "all"):
+        raise ValueError(f"mean_over must be 'correct' (Todd et al.) or 'all', got {mean_over!r}")
     task = load_task(task) if isinstance(task, str) else task
     if task.kind != "generation":
         raise ValueError("function vectors are defined on word tasks (first-token targets); pick e.g. country-capital")
@@ -144,8 +167,8 @@ def function_vector_analysis(
     pool, held_out = split_examples(task.examples, min(n_eval, len(task.examples) // 3), seed)
     tok = model.tokenizer
     clean = build_icl_batch(tok, task, k=k, n=n_clean, pool=pool, queries=pool[:n_clean], seed=seed, padding_side="left")
-    mean_z = mean_head_outputs(model, clean)
-    clean_icl = accuracy(model.run(clean, logits="final").logits.argmax(-1).cpu() == clean.target_ids).to_dict()
+    mean_z, kept, right = clean_mean_head_outputs(model, clean, mean_over)
+    clean_icl = accuracy(right).to_dict()
 
     queries = pool[n_clean:n_clean + n_corrupted]
     corrupted = build_icl_batch(tok, task, k=k, queries=queries, pool=pool, seed=seed + 1, labels="shuffled", padding_side="left")
@@ -168,5 +191,5 @@ def function_vector_analysis(
     return FunctionVectorResult(
         model=model.name, task=task.name, k=k, seed=seed, n_clean=n_clean, n_corrupted=n_corrupted, n_eval=len(held_out),
         edit_layer=edit_layer, aie=aie, top_heads=top, fv_norm=float(fv.norm()), zero_shot=zs, zero_shot_with_fv=zs_fv,
-        shuffled=sh, shuffled_with_fv=sh_fv, clean_icl=clean_icl, layer_sweep=sweep,
+        shuffled=sh, shuffled_with_fv=sh_fv, clean_icl=clean_icl, layer_sweep=sweep, mean_over=mean_over, n_mean=len(kept),
     )

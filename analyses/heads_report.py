@@ -277,13 +277,15 @@ def example_attention(model, task, heads: dict[tuple[int, int], list[str]], *, k
 
 def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 0, scores: str | Sequence[str] | None = None,
                 patch_positions: str = "final", induction_repeat: int = 50, induction_sequences: int = 8, gd_config=None,
-                progress: bool = False) -> HeadScoresResult:
+                progress: bool = False, fv_mean_over: str = "correct") -> HeadScoresResult:
     """Every score in ``scores`` (default :data:`DEFAULT_SCORES`, i.e. all, less the label-word
     scores on a word task) for every head, from the analyses named in the module docstring, on ``task``
     with ``k`` demos, ``n`` queries and ``seed``.  ``patch_positions``: positions the exact and
     attribution patching replace ("final", the default, or "all": ~20× slower); ``induction_repeat`` / ``induction_sequences``:
     the repeated-random-token sequences (the length is capped to fit the context);
-    ``gd_config``: the fine-tuning of ``dual_form_gd`` (default Dai et al.'s, lr 1e-2)."""
+    ``gd_config``: the fine-tuning of ``dual_form_gd`` (default Dai et al.'s, lr 1e-2);
+    ``fv_mean_over``: the clean prompts the AIE's mean head outputs come from ("correct", Todd et
+    al.'s protocol, or "all"); when the model answers none correctly the AIE is skipped, with why."""
     from analyses.kernel_report import resolve_task
 
     names = parse_scores(scores)
@@ -323,16 +325,26 @@ def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 
         details["patching"] = {"positions": patch_positions, "metric": "gold label logit − mean of the other label logits, final position",
                                "clean_metric": r.exact.clean_metric, "corrupted_metric": r.exact.corrupted_metric,
                                "spearman_exact_vs_attribution": r.spearman}
+    aie = None
     if "aie" in names:
         from analyses.function_vectors import function_vector_analysis
 
-        r = timed("aie", lambda: function_vector_analysis(model, _generation_view(task), k=k, n_clean=n, n_corrupted=n, n_eval=n,
-                                                          n_top_heads=min(10, model.n_layers * model.n_heads), seed=seed))
+        try:
+            aie = timed("aie", lambda: function_vector_analysis(model, _generation_view(task), k=k, n_clean=n, n_corrupted=n, n_eval=n,
+                                                                n_top_heads=min(10, model.n_layers * model.n_heads), seed=seed,
+                                                                mean_over=fv_mean_over))
+        except ValueError as err:
+            if "answers none" not in str(err):
+                raise
+            skipped["aie"] = f"undefined: {err}"
+            names = tuple(s for s in names if s != "aie")
+    if aie is not None:
+        r = aie
         grids["aie"] = r.aie.tolist()
         details["aie"] = {"n_clean": r.n_clean, "n_corrupted": r.n_corrupted, "n_eval": r.n_eval, "edit_layer": r.edit_layer,
                           "clean_icl": r.clean_icl, "zero_shot": r.zero_shot, "zero_shot_with_fv": r.zero_shot_with_fv,
                           "shuffled": r.shuffled, "shuffled_with_fv": r.shuffled_with_fv, "fv_norm": r.fv_norm,
-                          "fv_heads": [list(t) for t in r.top_heads]}
+                          "fv_heads": [list(t) for t in r.top_heads], "mean_over": r.mean_over, "n_mean": r.n_mean}
     if "induction" in names or "previous_token" in names:
         from analyses.induction import induction_scores
 
@@ -383,6 +395,10 @@ def run_heads_report(model, task="sentiment", *, out: str | Path | None, k: int 
                      scores: str | Sequence[str] | None = None, top: int = 10, progress: bool = False, **kwargs) -> HeadScoresResult:
     """:func:`head_scores` written to ``out``: ``results.json`` (every grid, ranking,
     correlation and attention row shown) and a self-contained ``report.html``."""
+    from analyses.kernel_report import resolve_task
+    from interp.protocol import template_protocol
+
+    task = resolve_task(task)
     result = head_scores(model, task, k=k, n=n, seed=seed, scores=scores, progress=progress, **kwargs)
     results = {"engine": model.engine_name, **result.to_dict()}
     results["rankings"] = {s: result.ranking(s, top) for s in result.scores}
@@ -395,5 +411,6 @@ def run_heads_report(model, task="sentiment", *, out: str | Path | None, k: int 
         ("Correlation between the scores (Spearman over heads)", result.correlations_text(), figs[n_scores:n_scores + (n_scores > 1)]),
         ("Top heads' attention on an example prompt", result.example.get("text", ""), figs[n_scores + (n_scores > 1):]),
     ]
-    write_run(out, results, f"Per-head scores — {result.setting}", sections, model=model)
+    write_run(out, results, f"Per-head scores — {result.setting}", sections, model=model,
+              protocol={**template_protocol(task.template), "scores": list(result.scores)})
     return result

@@ -185,24 +185,38 @@ class IclVsGdResult:
     prompts: dict = field(default_factory=dict, repr=False)
     model_hash_unchanged: bool = True
 
+    REC2FTP_UNDEFINED = "undefined: GD fixes no example zero-shot gets wrong"
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if self.rec2ftp != self.rec2ftp:  # NaN: say why instead (strict JSON has no NaN)
+            out["rec2ftp"], out["rec2ftp_undefined"] = None, self.REC2FTP_UNDEFINED
+        return out
 
     def summary(self) -> str:
+        from analyses.report import fmt
+
         pl = self.per_layer
-        mean = lambda xs: sum(x for x in xs if x == x) / max(1, sum(1 for x in xs if x == x))  # noqa: E731
+
+        def mean(xs):
+            xs = [x for x in xs if x is not None and x == x]
+            return sum(xs) / len(xs) if xs else float("nan")
+
         a = self.accuracy
         d = self.distributions
+        none = "undefined (no head has a defined value)"
         lines = [
             f"ICL vs GD on {self.task} ({self.model}, k={self.k}, n={self.n}, seed {self.seed}; GD: {self.config})",
-            f"  accuracy ZS {a['zs']['accuracy']:.3f}, ICL {a['icl']['accuracy']:.3f}, GD {a['gd']['accuracy']:.3f}; Rec2FTP {self.rec2ftp:.1f}%",
-            f"  SimAOU {mean(pl['simaou']):.3f} (random update {mean(pl['simaou_random']):.3f})",
-            f"  SimAM ICL vs GD {mean(pl['simam_gd']):.3f} (ICL vs ZS {mean(pl['simam_zs']):.3f}); update-based {mean(pl['simam_update']):.3f}",
-            f"  Kendall ICL vs GD attention {mean(pl['kendall']):.3f} (random {mean(pl['kendall_random']):.3f})",
-            f"  Token overlap@10 ICL vs GD {d['overlap_gd']:.3f} (ICL vs ICL reordered {d['overlap_reordered']:.3f}); "
-            f"overlap cosine {d['ocs_gd']:.3f} ({d['ocs_reordered']:.3f}); KL(ICL‖GD) {d['kl_gd']:.3f} ({d['kl_reordered']:.3f})",
-            f"  dual form: cos(ΔW_ICL q, z_GD − z_ZS) {mean([mean(r) for r in self.dual_form['cosine_gd']]):.3f}; "
-            f"cos(ΔW_ICL q, z_ICL − z_ZS) {mean([mean(r) for r in self.dual_form['cosine_icl']]):.3f}",
+            f"  accuracy ZS {a['zs']['accuracy']:.3f}, ICL {a['icl']['accuracy']:.3f}, GD {a['gd']['accuracy']:.3f}; "
+            f"Rec2FTP {fmt(self.rec2ftp, '.1f', self.REC2FTP_UNDEFINED)}{'%' if self.rec2ftp == self.rec2ftp else ''}",
+            f"  SimAOU {fmt(mean(pl['simaou']))} (random update {fmt(mean(pl['simaou_random']))})",
+            f"  SimAM ICL vs GD {fmt(mean(pl['simam_gd']))} (ICL vs ZS {fmt(mean(pl['simam_zs']))}); update-based "
+            f"{fmt(mean(pl['simam_update']), undefined='undefined (every update is float noise)')}",
+            f"  Kendall ICL vs GD attention {fmt(mean(pl['kendall']))} (random {fmt(mean(pl['kendall_random']))})",
+            f"  Token overlap@10 ICL vs GD {fmt(d['overlap_gd'])} (ICL vs ICL reordered {fmt(d['overlap_reordered'])}); "
+            f"overlap cosine {fmt(d['ocs_gd'])} ({fmt(d['ocs_reordered'])}); KL(ICL‖GD) {fmt(d['kl_gd'])} ({fmt(d['kl_reordered'])})",
+            f"  dual form: cos(ΔW_ICL q, z_GD − z_ZS) {fmt(mean([mean(r) for r in self.dual_form['cosine_gd']]), undefined=none)}; "
+            f"cos(ΔW_ICL q, z_ICL − z_ZS) {fmt(mean([mean(r) for r in self.dual_form['cosine_icl']]), undefined=none)}",
         ]
         return "\n".join(lines)
 
@@ -299,7 +313,16 @@ def icl_vs_gd(model, task="sentiment", *, k: int = 8, n: int = 100, seed: int = 
     gd.reset()
     zs, icl, reo = ref.zs, ref.icl, ref.reo
 
-    preds = {name: _predictions(s.logprobs, ref.zs_b) for name, s in (("zs", zs), ("icl", icl), ("gd", ft))}
+    lw = ref.zs_b.label_words
+    if lw is not None and lw.policy == "sequence" and any(len(t) > 1 for t in lw.token_ids):
+        # multi-token label words under label_policy="sequence": every side scores whole words
+        from interp.scoring import label_logprobs
+
+        gold = ref.zs_b.gold.cpu()
+        scored = {"zs": label_logprobs(model, ref.zs_b), "icl": label_logprobs(model, ref.icl_b), "gd": label_logprobs(gd.model, ref.zs_b)}
+        preds = {name: (lp.argmax(-1), lp.argmax(-1) == gold) for name, lp in scored.items()}
+    else:
+        preds = {name: _predictions(s.logprobs, ref.zs_b) for name, s in (("zs", zs), ("icl", icl), ("gd", ft))}
     per_layer = {
         "simaou": gm.simaou(icl.attn_out, zs.attn_out, ft.attn_out).tolist(),
         "simaou_random": gm.simaou_random_baseline(icl.attn_out, zs.attn_out, generator=torch.Generator().manual_seed(seed)).tolist(),

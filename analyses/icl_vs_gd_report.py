@@ -43,5 +43,10 @@ def run_icl_vs_gd_analysis(model, task, *, k: int = 8, n: int = 100, seed: int =
                                  config=GDConfig(**{**config.to_dict(), "batch_size": 1}), counterpart=gd)
         results["order_sensitivity"] = sens.to_dict()
         sections.append(("Order sensitivity (Shen et al.)", sens.summary(), sens.figures()))
-    write_run(out, results, f"Is ICL gradient descent? — {model.name}, {task.name}, k={k}, n={result.n}, seed {seed}", sections, model=model)
+    from interp.protocol import template_protocol
+
+    protocol = {**template_protocol(task.template, "left"), "gd_config": config.to_dict(), "record": result.record,
+                "order_sensitivity_orders": orders}
+    write_run(out, results, f"Is ICL gradient descent? — {model.name}, {task.name}, k={k}, n={result.n}, seed {seed}", sections,
+              model=model, protocol=protocol)
     return results

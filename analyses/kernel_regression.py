@@ -2,9 +2,13 @@
 
 For the attention row of the query's final position, per (layer, head):
 
-- kernel weight of demo i: a_i = max attention over the span of demo i's input and label
-  (Han et al.; ``weight="max"``), or the attention to its label token(s) (``"label"``), or the sum
-  over the span (``"sum"``);
+- kernel weight of demo i: a_i = max attention over demo i's span (Han et al.; ``weight="max"``),
+  or the sum over it (``"sum"``), or the summed attention to its label token(s) (``"label"``);
+- the span of demo i (``span=``, Han et al. write "[x_i, y_i]" and do not say which tokens):
+  ``"block"`` (default, the project's reading: from the input prefix, e.g. "Review:", to the end of
+  the label, template words included), ``"input+label"`` (the input text and the label only,
+  template words left out), ``"label"`` (the label tokens only).  The kernel report shows the
+  first two side by side;
 - reconstructed answer ỹ = argmax_y Σ_i a_i · 1[y_i = y]  (= the kernel-regression vote
   Σ_i y_i K(x, x_i) / Σ_i K(x, x_i) with K = attention);
 - agreement of ỹ with the model's own ICL prediction, and accuracy of ỹ against gold.
@@ -25,23 +29,38 @@ from interp.grids import top_cells
 from interp.scoring import accuracy
 
 Weighting = Literal["max", "label", "sum"]
+SpanRule = Literal["block", "input+label", "label"]
+SPAN_RULES: tuple[str, ...] = ("block", "input+label", "label")
 
 
-def kernel_weights(attn: torch.Tensor, demo_blocks: Sequence[Sequence[tuple[int, int]]],
+def demo_spans(row, span: SpanRule = "block") -> list[list[tuple[int, int]]]:
+    """Per demo of one prompt row (:class:`interp.prompts.RowSpans`), the half-open token
+    segments its kernel weight is read from under ``span`` (see the module docstring)."""
+    if span == "block":
+        return [[(s.start, s.end)] for s in row.demo_blocks]
+    if span == "input+label":
+        return [[(x.start, x.end), (y.start, y.end)] for x, y in zip(row.demo_inputs, row.demo_labels)]
+    if span == "label":
+        return [[(s.start, s.end)] for s in row.demo_labels]
+    raise ValueError(f"span must be one of {SPAN_RULES}, got {span!r}")
+
+
+def kernel_weights(attn: torch.Tensor, demo_blocks: Sequence[Sequence],
                    demo_labels: Sequence[Sequence[tuple[int, int]]] | None = None, weight: Weighting = "max") -> torch.Tensor:
     """a [..., row, k]: kernel weight of each demo from final-position attention rows.
 
     ``attn`` [..., row, pos] (leading dims e.g. layer, head); ``demo_blocks[row][i]`` the
-    half-open span of demo i ([x_i, y_i]); ``demo_labels[row][i]`` the span of its label (needed
-    for ``weight="label"``)."""
+    half-open span of demo i, ``(start, end)``, or a list of such segments (:func:`demo_spans`);
+    ``demo_labels[row][i]`` the span of its label (needed for ``weight="label"``)."""
     spans = demo_labels if weight == "label" else demo_blocks
     if spans is None:
         raise ValueError("weight='label' needs the demo label spans")
     n_rows, k = attn.shape[-2], len(spans[0])
     out = attn.new_zeros(*attn.shape[:-2], n_rows, k)
     for r in range(n_rows):
-        for i, (start, end) in enumerate(spans[r]):
-            seg = attn[..., r, start:end]
+        for i, segs in enumerate(spans[r]):
+            segs = [segs] if isinstance(segs[0], int) else segs
+            seg = torch.cat([attn[..., r, start:end] for start, end in segs], dim=-1)
             out[..., r, i] = seg.amax(-1) if weight == "max" else seg.sum(-1)
     return out
 
@@ -109,6 +128,7 @@ class KernelReconstructionResult:
     baselines: dict
     selection: HeldOutSelection
     setting: dict = field(default_factory=dict)
+    span: str = "block"
 
     def top(self, n: int = 5) -> list[tuple[int, int, float]]:
         return top_cells(self.agreement, n)
@@ -116,14 +136,15 @@ class KernelReconstructionResult:
     def to_dict(self) -> dict:
         return {
             "model": self.model, "task": self.task, "k": self.k, "n": self.n, "seed": self.seed, "weight": self.weight,
-            "agreement": self.agreement.tolist(), "gold_accuracy": self.gold_accuracy.tolist(), "model_accuracy": self.model_accuracy,
+            "span": self.span, "agreement": self.agreement.tolist(), "gold_accuracy": self.gold_accuracy.tolist(), "model_accuracy": self.model_accuracy,
             "baselines": self.baselines, "heldout_selection": self.selection.to_dict(), "top_heads": self.top(), **self.setting,
         }
 
     def summary(self) -> str:
         s = self.selection
         return "\n".join([
-            f"Kernel reconstruction on {self.task} ({self.model}, k={self.k}, n={self.n}, a_i = {self.weight} attention, seed {self.seed})",
+            f"Kernel reconstruction on {self.task} ({self.model}, k={self.k}, n={self.n}, a_i = {self.weight} attention "
+            f"over the demo's {self.span} span, seed {self.seed})",
             f"  model ICL accuracy: {self.model_accuracy['accuracy']:.3f}",
             f"  best head on selection split: L{s.layer}H{s.head} (agreement {s.selection_agreement:.3f}); held-out agreement "
             f"{s.heldout_agreement['accuracy']:.3f} [{s.heldout_agreement['ci_low']:.3f}, {s.heldout_agreement['ci_high']:.3f}], "
@@ -147,9 +168,18 @@ class KernelReconstructionResult:
 
 def kernel_reconstruction(model, task="sentiment", *, k: int = 4, n: int = 100, seed: int = 0, weight: Weighting = "max",
                           selection_fraction: float = 0.7, batch_size: int = 8, progress: bool = False,
-                          select=None) -> KernelReconstructionResult:
+                          select=None, span: SpanRule = "block") -> KernelReconstructionResult:
     """Per-head reconstruction of the model's ICL prediction from final-position attention.
-    ``select``: a demo selector for the prompt builder (e.g. ``most_similar_first()``)."""
+    ``select``: a demo selector for the prompt builder (e.g. ``most_similar_first()``);
+    ``span``: which tokens of a demo its weight is read from (module docstring)."""
+    return kernel_reconstructions(model, task, k=k, n=n, seed=seed, weight=weight, selection_fraction=selection_fraction,
+                                  batch_size=batch_size, progress=progress, select=select, spans=(span,))[span]
+
+
+def kernel_reconstructions(model, task="sentiment", *, k: int = 4, n: int = 100, seed: int = 0, weight: Weighting = "max",
+                           selection_fraction: float = 0.7, batch_size: int = 8, progress: bool = False,
+                           select=None, spans: Sequence[str] = ("block", "input+label")) -> dict[str, KernelReconstructionResult]:
+    """:func:`kernel_reconstruction` under several span rules from one pass over the prompts."""
     from tqdm.auto import tqdm
 
     from interp.capture import Capture
@@ -164,35 +194,41 @@ def kernel_reconstruction(model, task="sentiment", *, k: int = 4, n: int = 100, 
     n_classes = len(batch.label_words)
     class_of = {w: i for i, w in enumerate(task.label_words)}
     demo_classes = torch.tensor([[class_of[d.output] for d in row] for row in batch.demos])
-    weights, preds = [], []
+    for rule in spans:
+        if rule not in SPAN_RULES:
+            raise ValueError(f"span must be one of {SPAN_RULES}, got {rule!r}")
+    weights, preds = {rule: [] for rule in spans}, []
     for sub in tqdm(minibatches(batch, batch_size), desc="attention rows", disable=not progress,
                     total=-(-len(batch) // batch_size)):
         with torch.no_grad():
             out = model.run(sub, capture=[Capture("attn.hook_pattern", positions="final")], logits="final")
         rows = out.acts.stack("attn.hook_pattern")[:, :, :, 0].permute(0, 2, 1, 3).float()  # [layer, head, row, pos]
-        blocks = [[(s.start, s.end) for s in r.demo_blocks] for r in sub.rows]
         labels = [[(s.start, s.end) for s in r.demo_labels] for r in sub.rows]
-        weights.append(kernel_weights(rows, blocks, labels, weight))
+        for rule in spans:
+            weights[rule].append(kernel_weights(rows, [demo_spans(r, rule) for r in sub.rows], labels, weight))
         preds.append(out.logits[:, batch.label_words.first_token_ids].argmax(-1).cpu() if batch.label_words.policy == "first-token"
                      else label_logprobs(model, sub).argmax(-1))
-    a = torch.cat(weights, dim=2)
     model_pred = torch.cat(preds)
-    recon = reconstruct(a, demo_classes, n_classes)  # [layer, head, row]
     gold = batch.gold.cpu()
-    agree, gold_ok = recon == model_pred, recon == gold
     gen = torch.Generator().manual_seed(seed)
     selection = torch.zeros(len(batch), dtype=torch.bool)
     selection[torch.randperm(len(batch), generator=gen)[: int(round(selection_fraction * len(batch)))]] = True
-    baselines = {}
-    for name, pred in (("majority demo label", majority_label(demo_classes, n_classes)), ("most recent demo label", recent_label(demo_classes))):
-        baselines[name] = {"agreement": float((pred == model_pred).float().mean()), "gold_accuracy": float((pred == gold).float().mean())}
-    baselines["random head (mean over heads)"] = {"agreement": float(agree.float().mean()), "gold_accuracy": float(gold_ok.float().mean())}
-    return KernelReconstructionResult(
-        model=model.name, task=task.name, k=k, n=len(batch), seed=seed, weight=weight,
-        agreement=agree.float().mean(-1), gold_accuracy=gold_ok.float().mean(-1),
-        model_accuracy=accuracy(model_pred == gold).to_dict(), baselines=baselines,
-        selection=select_head_heldout(agree, gold_ok, selection),
-    )
+    out = {}
+    for rule in spans:
+        recon = reconstruct(torch.cat(weights[rule], dim=2), demo_classes, n_classes)  # [layer, head, row]
+        agree, gold_ok = recon == model_pred, recon == gold
+        baselines = {}
+        for name, pred in (("majority demo label", majority_label(demo_classes, n_classes)), ("most recent demo label", recent_label(demo_classes))):
+            baselines[name] = {"agreement": float((pred == model_pred).float().mean()), "gold_accuracy": float((pred == gold).float().mean())}
+        baselines["random head (mean over heads)"] = {"agreement": float(agree.float().mean()), "gold_accuracy": float(gold_ok.float().mean())}
+        out[rule] = KernelReconstructionResult(
+            model=model.name, task=task.name, k=k, n=len(batch), seed=seed, weight=weight,
+            agreement=agree.float().mean(-1), gold_accuracy=gold_ok.float().mean(-1),
+            model_accuracy=accuracy(model_pred == gold).to_dict(), baselines=baselines,
+            selection=select_head_heldout(agree, gold_ok, selection), span=rule,
+            setting={"tokenisation": batch.tokenisation},
+        )
+    return out
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from analyses.anchors import anchors_analysis
-from analyses.kernel_regression import demo_selection, kernel_reconstruction
+from analyses.kernel_regression import demo_selection, kernel_reconstructions
 from analyses.kernel_similarity import attention_similarity
 from analyses.kv_probes import kv_probes
 from analyses.report import write_run
@@ -54,9 +54,14 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
     sections = []
     recon = None
     if "reconstruction" in parts or "selection" in parts:
-        recon = kernel_reconstruction(model, task, k=k, n=n, seed=seed, progress=progress)
+        both = kernel_reconstructions(model, task, k=k, n=n, seed=seed, progress=progress, spans=("block", "input+label"))
+        recon = both["block"]
         results["reconstruction"] = recon.to_dict()
-        sections.append(("Reconstruction of the ICL prediction from attention", recon.summary(), recon.figures()))
+        results["reconstruction_input_label"] = both["input+label"].to_dict()
+        sections.append(("Reconstruction of the ICL prediction from attention (demo span: the block, template words included)",
+                         recon.summary(), recon.figures()))
+        sections.append(("The same with the demo span = input text + label (template words left out)",
+                         both["input+label"].summary(), both["input+label"].figures()))
     if "similarity" in parts:
         sim = attention_similarity(model, task, k=k, n=similarity_n or min(n, 100), seed=seed)
         results["similarity"] = sim.to_dict()
@@ -73,5 +78,9 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
         selection = demo_selection(model, task, k=k, n=n, seed=seed, random_result=recon)
         results["demo_selection"] = selection.to_dict()
         sections.append(("Demo selection: random vs most similar", selection.summary(), selection.figures()))
-    write_run(out, results, f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections, model=model)
+    from interp.protocol import batch_protocol
+
+    protocol = {**batch_protocol(prompts), "kernel_weight": "max", "span_rules": ["block", "input+label"]}
+    write_run(out, results, f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections,
+              model=model, protocol=protocol)
     return results

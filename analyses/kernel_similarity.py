@@ -6,7 +6,9 @@ with the similarity of the query to demo i.  Per head, the Pearson correlation b
 three similarities, pooled over (query, demo) pairs:
 
 - prediction similarity (Han et al.): P(o | x_q)ᵀ P(o | x_i), the next-token distributions of the
-  model run on each input alone (zero-shot format);
+  model run on each input text alone, as Han et al. run it (``isolated="text"``, default; BOS in
+  front where the tokenizer adds one), or on the input in the zero-shot template
+  (``isolated="zero-shot"``, the project's earlier variant);
 - hidden-state similarity: cosine of the residual stream at a chosen layer at the last token of the
   same isolated runs;
 - q·k: the head's pre-softmax score from the query's final position to demo i's label token.
@@ -100,9 +102,45 @@ class AttentionSimilarityResult:
         return figs
 
 
+def _isolated_runs(model, task, texts: list[str], layer: int, isolated: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token distribution [n, vocab] and the residual at ``layer`` [n, d] after each text,
+    in the order of ``texts``: the text alone (its tokenizer ids, BOS where the tokenizer adds
+    one) or the text in the zero-shot template."""
+    from interp.capture import Capture
+    from interp.model import pad_ids
+    from interp.prompts import bos_to_prepend, build_icl_batch
+    from interp.tasks import Example
+
+    if isolated == "text":
+        bos = bos_to_prepend(model.tokenizer)
+        rows = [([bos] if bos is not None else []) + list(model.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        chunks = [order[i:i + 32] for i in range(0, len(order), 32)]
+        inputs = [pad_ids([rows[i] for i in c], model.pad_token_id, "left") for c in chunks]
+    else:
+        iso = build_icl_batch(model.tokenizer, task, k=0, queries=[Example(t, task.label_words[0], 0) for t in texts], pool=[],
+                              seed=seed, padding_side="left")
+        order = list(range(len(texts)))
+        chunks = [order[i:i + 32] for i in range(0, len(order), 32)]
+        inputs = [iso.select(c) for c in chunks]
+    probs, hidden = torch.zeros(len(texts), model.d_vocab), torch.zeros(len(texts), model.d_model)
+    for c, inp in zip(chunks, inputs):
+        kwargs = {"attention_mask": inp[1]} if isinstance(inp, tuple) else {}
+        with torch.no_grad():
+            out = model.run(inp[0] if isinstance(inp, tuple) else inp, capture=[Capture(f"blocks.{layer}.hook_resid_post", positions="final")],
+                            logits="final", **kwargs)
+        probs[c] = torch.softmax(out.logits.float(), -1).cpu()[:, : model.d_vocab]
+        hidden[c] = out.acts[f"blocks.{layer}.hook_resid_post"][:, 0].float().cpu()
+    return probs, hidden
+
+
 def attention_similarity(model, task="sentiment", *, k: int = 4, n: int = 100, seed: int = 0, layer: int | None = None,
-                         weight: str = "max", bandwidth: float = 0.1, batch_size: int = 8) -> AttentionSimilarityResult:
-    """Per-head correlations of kernel weights with three similarities, and the NW baseline."""
+                         weight: str = "max", bandwidth: float = 0.1, batch_size: int = 8,
+                         isolated: str = "text") -> AttentionSimilarityResult:
+    """Per-head correlations of kernel weights with three similarities, and the NW baseline.
+    ``isolated``: what the similarity runs see ("text": the input alone, Han et al.; "zero-shot")."""
+    if isolated not in ("text", "zero-shot"):
+        raise ValueError(f"isolated must be 'text' (Han et al.) or 'zero-shot', got {isolated!r}")
     from analyses.kernel_regression import kernel_weights
     from interp.capture import Capture
     from interp.prompts import build_icl_batch
@@ -127,24 +165,22 @@ def attention_similarity(model, task="sentiment", *, k: int = 4, n: int = 100, s
         a.append(kernel_weights(rows, blocks, labels, weight))
         label_pos = torch.tensor([[s.start for s in r.demo_labels] for r in sub.rows])
         qk.append(scores.gather(-1, label_pos[None, None].expand(scores.shape[0], scores.shape[1], -1, -1)))
-        preds.append(out.logits[:, batch.label_words.first_token_ids].argmax(-1).cpu())
+        if batch.label_words.policy == "first-token":
+            preds.append(out.logits[:, batch.label_words.first_token_ids].argmax(-1).cpu())
+        else:  # whole label words under label_policy="sequence"
+            from interp.scoring import label_logprobs
+
+            preds.append(label_logprobs(model, sub).argmax(-1))
     a, qk, model_pred = torch.cat(a, 2), torch.cat(qk, 2), torch.cat(preds)
 
     # isolated zero-shot runs of every query and demo input
     # (each distinct text once, shortest first; demos recur across queries)
     texts = [q.input for q in batch.queries] + [d.input for row in batch.demos for d in row]
     distinct = list(dict.fromkeys(texts))
-    iso = build_icl_batch(tok, task, k=0, queries=[Example(t, task.label_words[0], 0) for t in distinct], pool=[], seed=seed,
-                          padding_side="left").sorted_by_length()
-    probs, hidden = [], []
-    for sub in minibatches(iso, 32):
-        with torch.no_grad():
-            out = model.run(sub, capture=[Capture(f"blocks.{layer}.hook_resid_post", positions="final")], logits="final")
-        probs.append(torch.softmax(out.logits.float(), -1).cpu())
-        hidden.append(out.acts[f"blocks.{layer}.hook_resid_post"][:, 0].float().cpu())
-    row_of = {q.input: i for i, q in enumerate(iso.queries)}
+    probs, hidden = _isolated_runs(model, task, distinct, layer, isolated, seed)
+    row_of = {t: i for i, t in enumerate(distinct)}
     index = torch.tensor([row_of[t] for t in texts])
-    probs, hidden = torch.cat(probs)[index], torch.cat(hidden)[index]
+    probs, hidden = probs[index], hidden[index]
     nq = len(batch)
     p_q, p_d = probs[:nq], probs[nq:].reshape(nq, k, -1)
     h_q, h_d = hidden[:nq], hidden[nq:].reshape(nq, k, -1)

@@ -6,8 +6,12 @@ order (batch sizes 1, 2, 4 and the full batch).  For each query the sensitivity 
 
     S = Σ_v std_orders p(v | query)       (population std over the N orders, summed over the vocabulary)
 
-averaged over queries.  Full-batch GD sees one mean gradient per epoch whatever the order, so its
-S is 0 up to float error; batch-1 SGD is not; Shen et al. report ICL 3–5× more sensitive than GD.
+averaged over queries, with a 95% bootstrap interval that resamples queries and orders together
+(the ICL / GD ratio from the same resamples).  Full-batch GD sees one mean gradient per epoch
+whatever the order, so its sensitivity is zero by construction: what is measured there is float
+noise, reported as such, and the ICL / full-batch ratio is undefined, never printed as a number.
+Shen et al. report ICL 3–5× more sensitive than (batch-1) GD; the summary says in words which way
+the measured ratio points and whether its interval excludes 1.
 """
 from __future__ import annotations
 
@@ -22,19 +26,45 @@ from interp.prompts import build_icl_batch
 from interp.scoring import final_logprobs
 
 
+FULL_BATCH_UNDEFINED = "undefined: full-batch GD is order-invariant by construction (what is measured is float noise)"
+
+
 def _icl_probs(model, batch) -> torch.Tensor:
     """Final-position next-token probabilities [n, vocab] of same-demo prompts, reusing the demo
-    prefix's keys/values when the model is a Llama-style decoder (else full forwards)."""
+    prefix's keys/values (``model.runner``; full forwards when the rows share no prefix)."""
     from interp.prefix_cache import SharedPrefix, split_shared_prefix
 
     split = split_shared_prefix(batch)
     if split is not None:
-        try:
-            logits = SharedPrefix(model, split[0]).run(split[1], patterns=False).logits
-            return torch.softmax(logits.float(), -1).cpu()
-        except NotImplementedError:  # not a Llama-style decoder
-            pass
+        logits = SharedPrefix(model, split[0]).run(split[1], patterns=False).logits
+        return torch.softmax(logits.float(), -1).cpu()
     return final_logprobs(model, batch).exp()
+
+
+def _bootstrap(icl: torch.Tensor, gd: torch.Tensor | None, reps: int, seed: int) -> tuple[list[float], list[float] | None]:
+    """95% percentile intervals of mean sensitivity (of ``gd`` [orders, n, vocab], or ICL when
+    ``gd`` is None) and of the ICL / GD ratio, resampling orders and queries together (a resample
+    of orders holds at least two distinct ones: a spread over one order is not defined)."""
+    g = torch.Generator().manual_seed(seed)
+    n_orders, n = icl.shape[:2]
+    s_vals, r_vals = [], []
+    for _ in range(reps):
+        o = torch.randint(n_orders, (n_orders,), generator=g)
+        while n_orders > 1 and len(set(o.tolist())) < 2:
+            o = torch.randint(n_orders, (n_orders,), generator=g)
+        q = torch.randint(n, (n,), generator=g)
+        s_icl = float(gm.order_sensitivity(icl[o][:, q]).mean())
+        if gd is None:
+            s_vals.append(s_icl)
+            continue
+        s_gd = float(gm.order_sensitivity(gd[o][:, q]).mean())
+        s_vals.append(s_gd)
+        r_vals.append(s_icl / s_gd if s_gd > 0 else float("inf"))
+    def ci(values):  # order statistics, no interpolation (a ratio may be inf in a resample)
+        v = sorted(values)
+        return [float(v[int(0.025 * (len(v) - 1))]), float(v[-(int(0.025 * (len(v) - 1))) - 1])]
+
+    return ci(s_vals), (ci(r_vals) if gd is not None else None)
 
 
 def seeded_orders(k: int, n_orders: int, seed: int) -> list[list[int]]:
@@ -62,18 +92,39 @@ class OrderSensitivityResult:
     orders: list[list[int]]
     config: dict
     icl: float  # mean over queries of Σ_v std over orders
-    gd: dict  # batch size (str; "full") -> mean sensitivity
-    ratio: dict  # batch size -> ICL / GD
+    gd: dict  # batch size (str; "full") -> mean sensitivity (for full batch: the float noise measured)
+    ratio: dict  # batch size -> ICL / GD, None where undefined (full batch)
+    icl_ci: list = None  # 95% bootstrap interval over queries and orders
+    gd_ci: dict = None  # batch size -> interval
+    ratio_ci: dict = None  # batch size -> interval of ICL / GD, None where undefined
+    undefined: dict = None  # batch size -> why its ratio is undefined
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     def summary(self) -> str:
-        return "\n".join([
-            f"Order sensitivity on {self.task} ({self.model}, k={self.k}, n={self.n}, {len(self.orders)} orders, seed {self.seed})",
-            f"  ICL: {self.icl:.4f}",
-            *(f"  GD batch {b}: {v:.4g} (ICL/GD {self.ratio[b] if self.ratio[b] is None else format(self.ratio[b], '.3g')})" for b, v in self.gd.items()),
-        ])
+        lines = [
+            f"Order sensitivity on {self.task} ({self.model}, k={self.k}, n={self.n}, {len(self.orders)} orders, seed {self.seed}; "
+            "95% intervals resample queries and orders)",
+            f"  ICL: {self.icl:.4f} [{self.icl_ci[0]:.4f}, {self.icl_ci[1]:.4f}]",
+        ]
+        for b, v in self.gd.items():
+            if (self.undefined or {}).get(b):
+                lines.append(f"  GD batch {b}: {v:.1g} measured; ICL/GD {self.undefined[b]}")
+                continue
+            lo, hi = self.ratio_ci[b]
+            r = self.ratio[b]
+            if r is None:
+                lines.append(f"  GD batch {b}: {v:.4g}; ICL/GD undefined: GD's output does not change with the order here")
+                continue
+            if lo > 1:
+                verdict = "ICL is more order-sensitive than GD (as Shen et al. found)"
+            elif hi < 1:
+                verdict = "GD is more order-sensitive than ICL (the opposite of Shen et al.'s finding)"
+            else:
+                verdict = "no clear difference (the interval contains 1)"
+            lines.append(f"  GD batch {b}: {v:.4g} [{self.gd_ci[b][0]:.4g}, {self.gd_ci[b][1]:.4g}]; ICL/GD {r:.3g} [{lo:.3g}, {hi:.3g}]: {verdict}")
+        return "\n".join(lines)
 
     def figures(self) -> list:
         import plotly.graph_objects as go
@@ -87,8 +138,9 @@ class OrderSensitivityResult:
 
 def order_sensitivity(model, task="sentiment", *, k: int = 8, n: int = 50, seed: int = 0, n_orders: int = 5,
                       batch_sizes=(1, 2, 4, "full"), config: GDConfig = GDConfig(loss="label", lr=1e-3),
-                      counterpart: GDCounterpart | None = None) -> OrderSensitivityResult:
-    """ICL and GD output distributions under ``n_orders`` orders of one seeded demo set."""
+                      counterpart: GDCounterpart | None = None, bootstrap: int = 200) -> OrderSensitivityResult:
+    """ICL and GD output distributions under ``n_orders`` orders of one seeded demo set;
+    ``bootstrap`` resamples for the intervals."""
     from interp.tasks import load_task
 
     task = load_task(task) if isinstance(task, str) else task
@@ -100,15 +152,24 @@ def order_sensitivity(model, task="sentiment", *, k: int = 8, n: int = 50, seed:
     zs_b = build_icl_batch(tok, task, k=0, queries=base.queries, pool=[], seed=seed, padding_side="left")
     seqs, predict_at = demo_sequences(tok, task, base.demos[0])
     gd = counterpart or GDCounterpart(model)
-    out = {}
+    out, gd_ci, ratio, ratio_ci, undefined = {}, {}, {}, {}, {}
+    s_icl = float(gm.order_sensitivity(icl).mean())
+    icl_ci, _ = _bootstrap(icl, None, bootstrap, seed)
     for b in batch_sizes:
-        cfg = GDConfig(**{**config.to_dict(), "batch_size": k if b == "full" else int(b)})
+        size = k if b == "full" else int(b)
+        cfg = GDConfig(**{**config.to_dict(), "batch_size": size})
         probs = []
         for o in orders:
             gd.fit(seqs, predict_at, cfg, order=o)
             probs.append(final_logprobs(gd.model, zs_b).exp())
-        out[str(b)] = float(gm.order_sensitivity(torch.stack(probs)).mean())
+        probs = torch.stack(probs)
+        key = str(b)
+        out[key] = float(gm.order_sensitivity(probs).mean())
+        if size >= k:  # one minibatch holds every demo: the order cannot matter
+            ratio[key], ratio_ci[key], gd_ci[key], undefined[key] = None, None, None, FULL_BATCH_UNDEFINED
+            continue
+        gd_ci[key], ratio_ci[key] = _bootstrap(icl, probs, bootstrap, seed)
+        ratio[key] = s_icl / out[key] if out[key] > 0 else None
     gd.reset()
-    s_icl = float(gm.order_sensitivity(icl).mean())
-    return OrderSensitivityResult(model.name, task.name, k, len(base), seed, orders, config.to_dict(), s_icl, out,
-                                  {b: (s_icl / v if v > 0 else None) for b, v in out.items()})
+    return OrderSensitivityResult(model.name, task.name, k, len(base), seed, orders, config.to_dict(), s_icl, out, ratio,
+                                  icl_ci, gd_ci, ratio_ci, undefined)

@@ -27,13 +27,31 @@ def json_safe(obj):
     return obj
 
 
+def fmt(value, spec: str = ".3f", undefined: str = "undefined") -> str:
+    """``value`` formatted with ``spec``, or ``undefined`` (a reason) when it is None, NaN or
+    infinite: a report never prints "nan"."""
+    import math
+
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return undefined
+    return format(value, spec)
+
+
+def strict_json(data, **kwargs) -> str:
+    """RFC 8259 JSON of ``data``: NaN and ±inf become null (:func:`json_safe`), and a value that
+    would still not be JSON raises instead of writing ``NaN``."""
+    return json.dumps(json_safe(data), allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to ``path`` via a temporary file and rename: never half-written."""
+    """Write strict JSON (:func:`strict_json`) to ``path`` via a temporary file and rename:
+    never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = strict_json(data, indent=2, sort_keys=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False)
+        fh.write(text)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
@@ -67,14 +85,18 @@ def write_report(path: Path, title: str, sections: Sequence[tuple[str, str, Sequ
 
 
 def write_run(out: str | os.PathLike | None, results: dict, title: str, sections: Sequence[tuple[str, str, Sequence]],
-              model=None) -> None:
-    """``out/results.json`` (atomic) and ``out/report.html`` of one analysis run; nothing when
-    ``out`` is None.  With ``model`` (a :class:`~interp.model.Model`), results.json also records
-    ``model_info``: engine, architecture, BOS policy and the fast path (``Model.provenance``)."""
+              model=None, protocol: dict | None = None) -> None:
+    """``out/results.json`` (atomic, strict JSON) and ``out/report.html`` of one analysis run;
+    nothing when ``out`` is None.  With ``model`` (a :class:`~interp.model.Model`), results.json
+    also records ``model_info`` (engine, architecture, BOS policy, runner: ``Model.provenance``)
+    and ``protocol`` (:mod:`interp.protocol`: the model's part, then ``protocol``, the prompts'
+    and the analysis's own choices)."""
     if out is None:
         return
     if model is not None and hasattr(model, "provenance"):
-        results = {**results, "model_info": model.provenance()}
+        from interp.protocol import model_protocol
+
+        results = {**results, "model_info": model.provenance(), "protocol": {**model_protocol(model), **(protocol or {})}}
     out = Path(out)
     write_json_atomic(out / "results.json", results)
     write_report(out / "report.html", title, sections)

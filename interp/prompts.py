@@ -1,9 +1,13 @@
 """ICL prompts with exact token bookkeeping.
 
 A prompt is a sequence of *pieces* (instructions, input prefix, demo input, separator, output
-prefix, label, demo separator, ..., query input, output prefix).  Each piece is tokenised on its
-own and the ids are concatenated, so every recorded span is exact by construction: nothing is found
-by searching the decoded string.  The model sees exactly the concatenated ids.
+prefix, label, demo separator, ..., query input, output prefix).  By default (``tokenisation=
+"whole-text"``) the joined text is tokenised at once, exactly as the model's tokenizer reads it
+(``input_ids`` = BOS where the tokenizer adds one + ``tokenizer.encode(text)``), and each piece's
+token span comes from character offsets: a token belongs to the piece holding its first character
+(a token that runs into the next piece is counted in ``IclBatch.straddles``).  Nothing is found by
+searching the decoded string.  ``tokenisation="piecewise"`` tokenises each piece on its own and
+concatenates the ids (the project's earlier default, for comparison).
 
 Layout of one demo (Template defaults, the function-vector format of Todd et al. 2023)::
 
@@ -34,6 +38,8 @@ class Template:
 
     A demo is ``input_prefix + " " + x + in_out_sep + output_prefix + " " + y + demo_sep``
     (the spaces only when ``space_before_text``); the query stops after ``output_prefix``.
+    ``tokenisation``: how the rendered text becomes tokens (:func:`build_icl_batch`):
+    ``"whole-text"`` (default, as the model reads it) or ``"piecewise"``.
     """
 
     input_prefix: str = "Q:"
@@ -42,6 +48,11 @@ class Template:
     demo_sep: str = "\n\n"
     instructions: str = ""
     space_before_text: bool = True
+    tokenisation: str = "whole-text"
+
+    def __post_init__(self) -> None:
+        if self.tokenisation not in ("whole-text", "piecewise"):
+            raise ValueError(f"tokenisation must be 'whole-text' or 'piecewise', got {self.tokenisation!r}")
 
 
 @dataclass(frozen=True)
@@ -345,27 +356,95 @@ class RowSpans:
         return cls(**out, final=data["final"], pad=data["pad"], length=data["length"])
 
 
-class _RowBuilder:
-    """Accumulates the ids of one row piece by piece and returns each piece's span."""
+Tokenisation = Literal["whole-text", "piecewise"]
+TOKENISATIONS: tuple[str, ...] = ("whole-text", "piecewise")
 
-    def __init__(self, tokenizer: Any) -> None:
+
+def token_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """The tokenizer's ids for ``text`` (no special tokens) and each token's character span.
+
+    Fast tokenizers give the offset mapping.  For others the spans come from decoding growing
+    prefixes of the ids (token i ends where the decoded text of ids[:i+1] ends); a ValueError
+    names the fix when decoding does not give the text back."""
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        pass
+    ids = _encode(tokenizer, text)
+    ends = [len(tokenizer.decode(ids[: i + 1], clean_up_tokenization_spaces=False)) for i in range(len(ids))]
+    if tokenizer.decode(ids, clean_up_tokenization_spaces=False) != text:
+        raise ValueError("this tokenizer gives no offset mapping and does not decode the prompt back to its text, "
+                         "so spans cannot be read from character offsets: pass tokenisation='piecewise'")
+    starts = [0] + ends[:-1]
+    return ids, list(zip(starts, ends))
+
+
+def _whole_text_spans(tokenizer: Any, pieces: Sequence[str]) -> tuple[list[int], list[Span], int]:
+    """Tokenise the joined pieces as one text; (ids, one token span per piece, straddles).
+
+    Rule: a token belongs to the piece that holds its first character (its offset start); a
+    piece none of whose characters starts a token gets an empty span where the next token
+    starts.  A token that also covers characters of a later piece *straddles* the boundary;
+    ``straddles`` counts them."""
+    text = "".join(pieces)
+    ids, offsets = token_offsets(tokenizer, text)
+    bounds, c = [], 0
+    for piece in pieces:
+        bounds.append((c, c + len(piece)))
+        c += len(piece)
+    owner = []  # piece index of every token
+    p = 0
+    for a, _ in offsets:
+        while p < len(pieces) - 1 and a >= bounds[p][1]:
+            p += 1
+        owner.append(p)
+    spans, straddles, t = [], 0, 0
+    for i, (lo, hi) in enumerate(bounds):
+        start = t
+        while t < len(ids) and owner[t] == i:
+            if offsets[t][1] > hi:
+                straddles += 1
+            t += 1
+        spans.append(Span(start, t))
+    return ids, spans, straddles
+
+
+class _RowBuilder:
+    """Collects the pieces of one row; :meth:`finish` tokenises them (the whole text at once,
+    spans from character offsets; or piece by piece) and resolves every piece's span."""
+
+    def __init__(self, tokenizer: Any, tokenisation: str = "whole-text") -> None:
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
+        self.tokenisation = tokenisation
+        self.lead: list[int] = []  # raw ids before the text (BOS)
         self.text: list[str] = []
 
-    def add(self, text: str) -> Span:
-        """Append one piece; its span (relative to the unpadded row)."""
-        ids = tokenize_piece(self.tokenizer, text)
-        span = Span(len(self.ids), len(self.ids) + len(ids))
-        self.ids.extend(ids)
+    def add(self, text: str) -> int:
+        """Append one piece; a handle that :meth:`finish`'s spans are indexed by."""
         self.text.append(text)
-        return span
+        return len(self.text) - 1
 
     def add_ids(self, ids: list[int]) -> Span:
-        """Append raw ids (the BOS token) that have no text."""
-        span = Span(len(self.ids), len(self.ids) + len(ids))
-        self.ids.extend(ids)
+        """Raw ids (the BOS token) that have no text, in front of the text."""
+        if self.text:
+            raise ValueError("raw ids go in front of the prompt text")
+        span = Span(len(self.lead), len(self.lead) + len(ids))
+        self.lead.extend(ids)
         return span
+
+    def finish(self) -> tuple[list[int], list[Span], int]:
+        """(ids, span of every piece, tokens straddling a piece boundary)."""
+        n = len(self.lead)
+        if self.tokenisation == "whole-text":
+            ids, spans, straddles = _whole_text_spans(self.tokenizer, self.text)
+            return self.lead + ids, [s.shifted(n) for s in spans], straddles
+        ids, spans = list(self.lead), []
+        for piece in self.text:
+            piece_ids = tokenize_piece(self.tokenizer, piece)
+            spans.append(Span(len(ids), len(ids) + len(piece_ids)))
+            ids.extend(piece_ids)
+        return ids, spans, 0
 
 
 def _shown(template: Template, text: str) -> str:
@@ -375,39 +454,41 @@ def _shown(template: Template, text: str) -> str:
 
 def _build_row(
     tokenizer: Any, template: Template, demos: Sequence["Example"], query: "Example",
-    bos: int | None,
-) -> tuple[list[int], RowSpans, str]:
-    """Ids, unpadded spans and prompt text of one row (demos then the query)."""
-    b = _RowBuilder(tokenizer)
+    bos: int | None, tokenisation: str = "whole-text",
+) -> tuple[list[int], RowSpans, str, int]:
+    """Ids, unpadded spans, prompt text and straddling-token count of one row (demos, query)."""
+    b = _RowBuilder(tokenizer, tokenisation)
     bos_span = b.add_ids([bos]) if bos is not None else None
-    separators: list[Span] = []
+    separators: list[int] = []
     instructions = None
     if template.instructions:
         instructions = b.add(template.instructions)
         separators.append(b.add(template.demo_sep))
-    inputs, labels, blocks, in_pre, out_pre = [], [], [], [], []
+    inputs, labels, in_pre, out_pre = [], [], [], []
     for demo in demos:
         in_pre.append(b.add(template.input_prefix))
         inputs.append(b.add(_shown(template, demo.input)))
         separators.append(b.add(template.in_out_sep))
         out_pre.append(b.add(template.output_prefix))
         labels.append(b.add(_shown(template, demo.output)))
-        blocks.append(Span(in_pre[-1].start, labels[-1].end))
         separators.append(b.add(template.demo_sep))
     in_pre.append(b.add(template.input_prefix))
     query_input = b.add(_shown(template, query.input))
     separators.append(b.add(template.in_out_sep))
     out_pre.append(b.add(template.output_prefix))
-    n = len(b.ids)
-    if n == 0:
+    ids, piece, straddles = b.finish()
+    n = len(ids)
+    if n == 0 or (n == len(b.lead)):
         raise ValueError("the prompt encodes to no tokens; check the template and the examples")
+    s = lambda handles: [piece[h] for h in handles]  # noqa: E731
     spans = RowSpans(
-        demo_inputs=inputs, demo_labels=labels, demo_blocks=blocks, separators=separators,
-        input_prefixes=in_pre, output_prefixes=out_pre, query_input=query_input,
-        query_block=Span(in_pre[-1].start, out_pre[-1].end), final=n - 1, pad=0, length=n,
-        bos=bos_span, instructions=instructions,
+        demo_inputs=s(inputs), demo_labels=s(labels),
+        demo_blocks=[Span(piece[x].start, piece[y].end) for x, y in zip(in_pre, labels)], separators=s(separators),
+        input_prefixes=s(in_pre), output_prefixes=s(out_pre), query_input=piece[query_input],
+        query_block=Span(piece[in_pre[-1]].start, n), final=n - 1, pad=0, length=n,
+        bos=bos_span, instructions=None if instructions is None else piece[instructions],
     )
-    return b.ids, spans, "".join(b.text)
+    return ids, spans, "".join(b.text), straddles
 
 
 def _pad_rows(
@@ -466,6 +547,8 @@ class IclBatch:
     seed: int
     k: int
     texts: list[str] = field(default_factory=list)
+    tokenisation: str = "whole-text"
+    straddles: list[int] = field(default_factory=list)  # per row: tokens that straddle two pieces
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -504,6 +587,7 @@ class IclBatch:
             target_ids=self.target_ids[idx],
             gold=None if self.gold is None else self.gold[idx],
             texts=[self.texts[i] for i in idx] if self.texts else [],
+            straddles=[self.straddles[i] for i in idx] if self.straddles else [],
         )
 
     def sorted_by_length(self) -> "IclBatch":
@@ -541,6 +625,8 @@ class IclBatch:
             "seed": self.seed,
             "k": self.k,
             "texts": list(self.texts),
+            "tokenisation": self.tokenisation,
+            "straddles": list(self.straddles),
         }
 
     @classmethod
@@ -561,6 +647,8 @@ class IclBatch:
             seed=data["seed"],
             k=data["k"],
             texts=list(data.get("texts", [])),
+            tokenisation=data.get("tokenisation", "piecewise"),
+            straddles=list(data.get("straddles", [])),
         )
 
 
@@ -698,6 +786,7 @@ def build_icl_batch(
     label_policy: str | None = None,
     max_length: int | None = None,
     label_words: Sequence[str] | None = None,
+    tokenisation: Tokenisation | None = None,
 ) -> IclBatch:
     """Build a padded batch of k-shot prompts for ``task`` with exact token spans.
 
@@ -714,6 +803,12 @@ def build_icl_batch(
     :class:`LabelWords` with ``label_policy``.  ``target_ids`` is the first token of each query's
     answer as shown (``" " + output``).  A BOS token is prepended only when the tokenizer adds
     one by default.  ``max_length`` bounds the real tokens of every row.
+
+    ``tokenisation`` (default: the template's): ``"whole-text"`` (the prompt text is tokenised at once, as the
+    model's tokenizer reads a user's prompt and as Wang's and Todd's code do; spans come from
+    character offsets, see :func:`_whole_text_spans` for the rule on a token straddling two
+    pieces, counted in ``straddles``) or ``"piecewise"`` (each piece tokenised on its own and the
+    ids concatenated, the project's earlier default, kept for comparison).
     """
     template = template if template is not None else task.template
     _check_args(k, padding_side, same_demos, select)
@@ -729,9 +824,12 @@ def build_icl_batch(
     if words is not None:
         lw = LabelWords.from_words(tokenizer, words, policy=label_policy,
                                    leading_space=template.space_before_text)
+    tokenisation = tokenisation if tokenisation is not None else template.tokenisation
+    if tokenisation not in TOKENISATIONS:
+        raise ValueError(f"tokenisation must be one of {TOKENISATIONS}, got {tokenisation!r}")
     bos = bos_to_prepend(tokenizer)
-    built = [_build_row(tokenizer, template, d, q, bos) for d, q in zip(demos, query_list)]
-    _check_lengths([ids for ids, _, _ in built], max_length, k)
+    built = [_build_row(tokenizer, template, d, q, bos, tokenisation) for d, q in zip(demos, query_list)]
+    _check_lengths([b[0] for b in built], max_length, k)
     input_ids, mask, spans = _pad_rows([b[0] for b in built], [b[1] for b in built],
                                        _pad_id(tokenizer), padding_side)
     return IclBatch(
@@ -739,7 +837,7 @@ def build_icl_batch(
         target_ids=_targets(tokenizer, template, query_list),
         gold=None if words is None else torch.tensor([q.label for q in query_list], dtype=torch.long),
         label_words=lw, padding_side=padding_side, template=template, seed=seed, k=k,
-        texts=[b[2] for b in built],
+        texts=[b[2] for b in built], tokenisation=tokenisation, straddles=[b[3] for b in built],
     )
 
 

@@ -33,6 +33,49 @@ def test_auc_known_values():
     assert auc_ovo(y3, perfect) == 1.0
 
 
+def _wang_notebook_aucroc(y, scores):
+    """Wang et al.'s deep_analysis notebook, re-implemented with scipy: keep the classes the
+    model predicts, renormalise their scores, roc_auc_score(multi_class="ovo") = the mean over
+    class pairs of the two directed Mann-Whitney AUCs (Hand & Till)."""
+    import itertools
+
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    y, scores = np.asarray(y), np.asarray(scores, dtype=float)
+    classes = sorted(set(y.tolist()))
+    s = scores[:, classes] / scores[:, classes].sum(1, keepdims=True)
+
+    def directed(pos_class, col, rows):
+        pos, neg = s[rows & (y == pos_class), col], s[rows & (y != pos_class), col]
+        return mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg))
+
+    if len(classes) == 2:
+        return directed(classes[1], 1, np.ones(len(y), bool))
+    pairs = [0.5 * (directed(a, i, (y == a) | (y == b)) + directed(b, j, (y == a) | (y == b)))
+             for (i, a), (j, b) in itertools.combinations(enumerate(classes), 2)]
+    return float(np.mean(pairs))
+
+
+def test_aucroc_drops_never_predicted_classes_as_wangs_notebook():
+    """Four classes, class 3 never predicted: renormalising over the three predicted classes
+    changes the AUC (over all four it would differ); binary case with a third, absent class."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 0, 2])
+    scores = torch.rand(12, 4, generator=g) + torch.nn.functional.one_hot(y, 4) * 0.4
+    scores[:, 3] += torch.rand(12, generator=g) * 2  # a large, uninformative never-predicted class
+    want = _wang_notebook_aucroc(y.tolist(), scores.tolist())
+    assert auc_ovo(y, scores) == pytest.approx(want, abs=1e-12)
+    # the earlier variant normalised over all four classes; here that gives another number
+    s4 = scores / scores.sum(-1, keepdim=True)
+    old = sum(0.5 * (auc(y[m] == a, s4[m, a]) + auc(y[m] == b, s4[m, b]))
+              for a, b in ((0, 1), (0, 2), (1, 2)) for m in [(y == a) | (y == b)]) / 3
+    assert abs(old - want) > 1e-3
+    y2 = torch.tensor([0, 2, 0, 2, 2, 0])
+    s2 = torch.rand(6, 3, generator=g)
+    assert auc_ovo(y2, s2) == pytest.approx(_wang_notebook_aucroc(y2.tolist(), s2.tolist()), abs=1e-12)
+
+
 def test_word_jaccard():
     a = torch.tensor([[5.0, 4, 3, 2, 1, 0]])
     assert word_jaccard(a, a, top=3).tolist() == [1.0]

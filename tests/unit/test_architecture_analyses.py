@@ -111,7 +111,7 @@ def test_heads_report_on_every_family_records_the_model(family, task, tokenizer,
     model = _model(family)
     before = model_fingerprint(model)
     fm = load_model(model, engine="nnsight", tokenizer=copy.deepcopy(tokenizer))
-    result = run_heads_report(fm, task, out=tmp_path, k=K, n=N, seed=SEED, gd_config=GD)
+    result = run_heads_report(fm, task, out=tmp_path, k=K, n=N, seed=SEED, gd_config=GD, fv_mean_over="all")
     assert list(result.scores) == list(ALL_SCORES)
     for name, grid in result.scores.items():
         g = torch.tensor(grid)

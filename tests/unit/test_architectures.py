@@ -79,7 +79,8 @@ def test_reference_engine_matches_transformers_outputs(family, tokenizer):
         # heads through W_O add up to attn_out before any post-norm
         if architecture_of(model).post_attn_norm is None:
             z = a[f"blocks.{l}.attn.hook_z"]
-            total = torch.einsum("bphd,hdm->bpm", z, ref.W_O(l)) + (ref.engine.b_O(l) if ref.engine.b_O(l) is not None else 0)
+            with torch.no_grad():
+                total = torch.einsum("bphd,hdm->bpm", z, ref.W_O(l)) + (ref.engine.b_O(l) if ref.engine.b_O(l) is not None else 0)
             assert float((total - a[f"blocks.{l}.hook_attn_out"]).abs().max()) <= 1e-5
 
 

@@ -91,3 +91,52 @@ def test_icl_vs_gd_cli_writes_identical_results_for_the_same_seed(model_dir, tmp
     assert len(res["icl_vs_gd"]["prompts"]["icl_input_ids"]) == 4 and res["icl_vs_gd"]["model_hash_unchanged"]
     assert set(res["order_sensitivity"]["gd"]) == {"1", "2", "4", "full"}
     assert "plotly" in (tmp_path / "a" / "report.html").read_text()
+
+
+def _strict(text: str):
+    """json.loads that refuses NaN / Infinity (RFC 8259), as a JavaScript or Go client does."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _visible_text(html: str) -> str:
+    import re
+
+    return re.sub(r"<script.*?</script>", "", html, flags=re.S)
+
+
+def test_every_command_writes_strict_json_with_the_protocol_and_no_nan_in_reports(model_dir, tmp_path):
+    import re
+
+    words = ["x", "y"]
+    data = tmp_path / "toy"
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps({"label_words": words, "template": {"space_before_text": False}}))
+    inputs = [f"{a}{b} {c}" for a, b, c in zip("abcdefghijklmnopqrst", "bcdefghijklmnopqrstu", "mnopqrstuvwxyzabcdef")]
+    for split, rows in (("train", inputs[:14]), ("test", inputs[14:])):
+        with open(data / f"{split}.jsonl", "w") as f:
+            for i, text in enumerate(rows):
+                f.write(json.dumps({"text": text, "label": i % 2, "label_name": words[i % 2]}) + "\n")
+    common = ["--model", model_dir, "--task", str(data), "--threads", "1", "--quiet"]
+    runs = {
+        "accuracy": ["accuracy", *common, "--k", "0", "2", "--n", "4"],
+        "kernel": ["kernel", *common, "--k", "2", "--n", "6", "--parts", "reconstruction,selection"],
+        "icl-vs-gd": ["icl-vs-gd", *common, "--k", "2", "--n", "4"],
+        "heads": ["heads", *common, "--k", "2", "--n", "3"],
+        "kernel-piecewise": ["kernel", *common, "--k", "2", "--n", "6", "--parts", "reconstruction", "--tokenisation", "piecewise"],
+    }
+    for name, argv in runs.items():
+        out = tmp_path / name
+        assert cli.main([*argv, "--out", str(out)]) == 0, name
+        res = _strict((out / "results.json").read_text())
+        assert res["model_info"]["bos"]["prepend_bos"] is False, name
+        if name != "accuracy":
+            p = res["protocol"]
+            assert p["tokenisation"] == ("piecewise" if name.endswith("piecewise") else "whole-text"), name
+            assert p["weights_sha256"] and p["versions"]["torch"] and p["attn_implementation"] == "eager", name
+            html = _visible_text((out / "report.html").read_text())
+            assert not re.search(r"\bnan\b", html, flags=re.I), name
+    kernel = _strict((tmp_path / "kernel" / "results.json").read_text())
+    assert kernel["reconstruction"]["span"] == "block" and kernel["reconstruction_input_label"]["span"] == "input+label"
+    assert kernel["protocol"]["span_rules"] == ["block", "input+label"]

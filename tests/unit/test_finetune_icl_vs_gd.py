@@ -79,6 +79,12 @@ def test_order_sensitivity_zero_for_full_batch_positive_for_batch_one(facade, to
     assert r.gd["full"] < 1e-5
     assert r.gd["1"] > 100 * max(r.gd["full"], 1e-9)
     assert r.icl > 0
+    # full batch: the ratio is undefined by construction, never a ratio of noise
+    assert r.ratio["full"] is None and "order-invariant by construction" in r.undefined["full"]
+    lo, hi = r.ratio_ci["1"]
+    assert lo <= r.ratio["1"] <= hi and r.icl_ci[0] <= r.icl <= r.icl_ci[1]
+    text = r.summary()
+    assert "undefined" in text and "nan" not in text.lower() and ("more order-sensitive" in text or "no clear difference" in text)
 
 
 def test_label_loss_is_the_cross_entropy_of_the_answer_token(facade, toy_task):

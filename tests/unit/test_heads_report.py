@@ -36,7 +36,9 @@ def model(char_tokenizer):
 
 @pytest.fixture(scope="module")
 def result(model, task):
-    return head_scores(model, task, k=K, n=N, seed=SEED, gd_config=GD)  # the default set: every score
+    # the default set: every score; a random tiny model answers no clean prompt, so the AIE's mean
+    # head outputs come from all prompts (Todd et al.'s filter would leave none)
+    return head_scores(model, task, k=K, n=N, seed=SEED, gd_config=GD, fv_mean_over="all")
 
 
 def test_every_grid_equals_the_individual_analysis(model, task, result):
@@ -52,7 +54,7 @@ def test_every_grid_equals_the_individual_analysis(model, task, result):
     word_task = dataclasses.replace(task, kind="generation", label_words=None)
     a, b = (build_icl_batch(model.tokenizer, t, k=K, n=N, seed=SEED, labels="shuffled") for t in (task, word_task))
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.target_ids, b.target_ids)
-    fv = function_vector_analysis(model, word_task, k=K, n_clean=N, n_corrupted=N, n_eval=N, n_top_heads=8, seed=SEED)
+    fv = function_vector_analysis(model, word_task, k=K, n_clean=N, n_corrupted=N, n_eval=N, n_top_heads=8, seed=SEED, mean_over="all")
     ind = induction_scores(model, n_repeat=min(50, model.n_ctx // 2), n_sequences=8, seed=SEED)
     dual = icl_vs_gd(model, task, k=K, n=N, seed=SEED, config=GD).dual_form
     expected = {
@@ -137,7 +139,8 @@ def test_cli_writes_results_and_report(tmp_path, capsys):
                 f.write(json.dumps({"text": text, "label": i % 2, "label_name": WORDS[i % 2]}) + "\n")
     out = tmp_path / "out"
     code = cli.main(["heads", "--model", str(model_dir), "--task", str(data), "--k", "2", "--n", "3", "--seed", "0",
-                     "--scores", "kernel,exact_patching,aie,induction,dual_form", "--threads", "1", "--quiet", "--out", str(out)])
+                     "--scores", "kernel,exact_patching,aie,induction,dual_form", "--threads", "1", "--quiet", "--fv-mean-over", "all",
+                     "--out", str(out)])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert list(res["scores"]) == ["kernel", "exact_patching", "aie", "induction", "dual_form"]
@@ -152,7 +155,12 @@ def test_cli_writes_results_and_report(tmp_path, capsys):
 def test_word_task_default_skips_the_label_word_scores(model):
     words = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st", "uv", "wx", "yz", "ba", "dc", "fe"]
     word_task = Task("reverse", [Example(w, w[::-1]) for w in words], template=Template(input_prefix="q:", output_prefix="a:"))
-    r = head_scores(model, word_task, k=2, n=3, seed=0)
+    r = head_scores(model, word_task, k=2, n=3, seed=0, fv_mean_over="all")
     assert list(r.scores) == ["aie", "induction", "previous_token", "dual_form", "dual_form_gd"]
     assert set(r.skipped) == {"kernel", "exact_patching", "attribution_patching"} and "classification" in r.skipped["kernel"]
     assert "skipped" in r.summary()
+
+
+def test_aie_is_skipped_with_the_reason_when_no_clean_prompt_is_answered(model, task):
+    r = head_scores(model, task, k=K, n=N, seed=SEED, scores=["kernel", "aie"])  # Todd et al.'s filter, the default
+    assert list(r.scores) == ["kernel"] and "answers none" in r.skipped["aie"]

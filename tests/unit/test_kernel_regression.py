@@ -21,6 +21,30 @@ def test_weights_max_label_and_sum():
     assert torch.allclose(kernel_weights(attn, BLOCKS, LABELS, "sum"), torch.tensor([[0.35, 0.33, 0.12]]))
 
 
+def test_span_rules_read_the_named_tokens():
+    """A prompt row "Q: a\nA: x\n\nQ: b\nA: y\n\n..." with hand-placed spans: the block rule
+    includes the template words ("Q:", "A:"), input+label only the input and the label."""
+    from types import SimpleNamespace
+
+    from analyses.kernel_regression import demo_spans
+    from interp.prompts import Span
+
+    r = SimpleNamespace(demo_blocks=[Span(0, 5), Span(6, 11)], demo_inputs=[Span(1, 2), Span(7, 8)],
+                        demo_labels=[Span(4, 5), Span(10, 11)])
+    #                  Q:    a     \n   A:    x     \n\n  Q:    b     \n   A:    y     query
+    attn = row([0.30, 0.01, 0.02, 0.25, 0.03, 0.05, 0.02, 0.04, 0.01, 0.20, 0.06, 0.01])
+    block = kernel_weights(attn, [demo_spans(r, "block")])
+    both = kernel_weights(attn, [demo_spans(r, "input+label")])
+    label = kernel_weights(attn, [demo_spans(r, "label")])
+    assert torch.allclose(block, torch.tensor([[0.30, 0.20]]))  # the template words win
+    assert torch.allclose(both, torch.tensor([[0.03, 0.06]]))  # max over input and label only
+    assert torch.allclose(label, torch.tensor([[0.03, 0.06]]))
+    assert torch.allclose(kernel_weights(attn, [demo_spans(r, "input+label")], weight="sum"), torch.tensor([[0.04, 0.10]]))
+    assert reconstruct(block, torch.tensor([[0, 1]]), 2).item() == 0 and reconstruct(both, torch.tensor([[0, 1]]), 2).item() == 1
+    with pytest.raises(ValueError, match="span must be one of"):
+        demo_spans(r, "query")
+
+
 def test_reconstruction_is_the_weighted_vote():
     classes = torch.tensor([[0, 1, 1]])
     # demo 0 (class 0) weighs 0.5; demos 1 and 2 (class 1) weigh 0.3 + 0.3 = 0.6 -> class 1

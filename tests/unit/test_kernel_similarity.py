@@ -58,3 +58,29 @@ def test_attention_similarity_qk_matches_independent_capture(char_tokenizer):
     expected = torch.corrcoef(torch.stack([a.flatten(), qk.flatten()]))[0, 1]
     assert float(result.r_qk[1, 2]) == pytest.approx(float(expected), abs=1e-5)
     assert result.r_prediction.shape == result.r_hidden.shape == (2, 4)
+
+
+def test_isolated_runs_see_the_text_alone_as_han_runs_it(char_tokenizer):
+    """Han et al. §5.3: P(o | x) from the LM run on x alone; checked against plain transformers
+    on the tokenizer's ids of each text (left padding must not change a row)."""
+    import copy
+
+    from analyses.kernel_similarity import _isolated_runs
+    from interp import load_model
+    from interp.prompts import Template
+    from interp.tasks import Example, Task
+    from tests.conftest import make_tiny_llama
+
+    hf = make_tiny_llama(n_layers=2)
+    fm = load_model(hf, tokenizer=copy.deepcopy(char_tokenizer))
+    task = Task("toy", [Example("ab", "x", 0), Example("cd", "y", 1)], kind="classification", label_words=["x", "y"],
+                template=Template(space_before_text=False))
+    texts = ["ab cd", "hello there", "x"]
+    probs, hidden = _isolated_runs(fm, task, texts, layer=1, isolated="text", seed=0)
+    for i, t in enumerate(texts):
+        ids = torch.tensor([char_tokenizer.encode(t, add_special_tokens=False)])
+        with torch.no_grad():
+            out = hf(input_ids=ids, output_hidden_states=True)
+        assert torch.allclose(probs[i], torch.softmax(out.logits[0, -1], -1), atol=1e-5)
+    zs, _ = _isolated_runs(fm, task, texts, layer=1, isolated="zero-shot", seed=0)
+    assert not torch.allclose(zs, probs, atol=1e-4)  # the template changes what the model predicts

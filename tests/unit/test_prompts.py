@@ -175,10 +175,11 @@ def test_tokenize_piece_is_plain_encoding_for_byte_level(bpe_tok):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("tokenisation", ["whole-text", "piecewise"])
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("kind", ["classification", "generation"])
-def test_spans_decode_to_their_texts(tok, side, kind):
-    batch = build(tok, kind, padding_side=side)
+def test_spans_decode_to_their_texts(tok, side, kind, tokenisation):
+    batch = build(tok, kind, padding_side=side, tokenisation=tokenisation)
     tpl = batch.template
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     B, T = batch.input_ids.shape
@@ -194,9 +195,14 @@ def test_spans_decode_to_their_texts(tok, side, kind):
         assert (batch.input_ids[b][expect_mask == 0] == pad_id).all()
         assert row.final == start + row.length - 1 == row.query_block.end - 1
         assert row.final == int(torch.nonzero(batch.attention_mask[b]).max())
-        # ids are the concatenation of the separately tokenised pieces (+ BOS)
+        # whole-text: the tokenizer's own ids for the prompt text; piecewise: the concatenation
+        # of the separately tokenised pieces (+ BOS either way)
         parts = pieces(tpl, demos, query)
-        expected = bos_ids(tok) + [i for p in parts for i in tokenize_piece(tok, p)]
+        if tokenisation == "whole-text":
+            expected = bos_ids(tok) + tok.encode("".join(parts), add_special_tokens=False)
+            assert batch.straddles == [0] * len(batch)
+        else:
+            expected = bos_ids(tok) + [i for p in parts for i in tokenize_piece(tok, p)]
         assert real_ids(batch, b) == expected
         assert batch.texts[b] == "".join(parts)
         if bos_ids(tok):
@@ -489,3 +495,21 @@ def test_to_dict_round_trips(bpe_tok):
         assert data["rows"][0]["query_input"] == [batch.rows[0].query_input.start, batch.rows[0].query_input.end]
     moved = batch.to("cpu")
     assert torch.equal(moved.input_ids, batch.input_ids)
+
+
+def test_a_token_straddling_two_pieces_belongs_to_the_piece_it_starts_in(bpe_tok):
+    """Byte-level BPE joins letters across the boundary of the input " walk" and an output
+    prefix "ed:": one token " walked" straddles the two pieces.  It belongs to " walk" (where it
+    starts), "ed:" keeps the ":", and the batch counts one straddle."""
+    from interp.prompts import _whole_text_spans
+
+    pieces = ["Q:", " walk", "ed:", " ran", "\n\n"]
+    ids, spans, straddles = _whole_text_spans(bpe_tok, pieces)
+    assert ids == bpe_tok.encode("".join(pieces), add_special_tokens=False)
+    walked = bpe_tok.encode(" walked", add_special_tokens=False)
+    assert len(walked) == 1 and walked[0] in ids  # the merged token exists
+    at = ids.index(walked[0])
+    assert spans[1] == type(spans[1])(at, at + 1)  # owned by " walk", where it starts
+    assert straddles == 1
+    assert bpe_tok.decode(ids[spans[2].start:spans[2].end]) == ":"  # "ed:" keeps only what starts in it
+    assert [s.end for s in spans] == [s.start for s in spans[1:]] + [len(ids)]  # spans tile the row

@@ -80,11 +80,37 @@ def test_indirect_effect_with_stored_means_equals_engine_patch(tiny, batch):
 
 
 def test_function_vector_analysis_reports_consistent_numbers(tiny):
-    r = function_vector_analysis(tiny, toy_task(), k=3, n_clean=6, n_corrupted=4, n_eval=10, n_top_heads=3, edit_layer=1)
+    r = function_vector_analysis(tiny, toy_task(), k=3, n_clean=6, n_corrupted=4, n_eval=10, n_top_heads=3, edit_layer=1,
+                                 mean_over="all")
+    assert r.n_mean == 6 and r.mean_over == "all"
     assert r.aie.shape == (3, 4)
     assert [h[2] for h in r.top_heads] == sorted([h[2] for h in r.top_heads], reverse=True)
     assert r.top_heads[0][2] == pytest.approx(float(r.aie.max()))
     assert r.zero_shot["n"] == r.zero_shot_with_fv["n"] == 10
+
+
+def test_todd_filter_averages_only_the_prompts_answered_correctly(tiny):
+    """Targets planted so that the model answers rows 0-2 correctly and row 3 not: the mean
+    head outputs are the mean over rows 0-2 alone; with none correct the mean is undefined."""
+    import dataclasses
+
+    from analyses.function_vectors import clean_mean_head_outputs, mean_head_outputs
+    from interp.prompts import build_icl_batch
+
+    clean = build_icl_batch(tiny.tokenizer, toy_task(), k=2, n=4, seed=0, padding_side="left")
+    with torch.no_grad():
+        pred = tiny.run(clean, logits="final").logits.argmax(-1).cpu()
+    planted = pred.clone()
+    planted[3] = (pred[3] + 1) % tiny.d_vocab  # the planted wrong prompt
+    batch = dataclasses.replace(clean, target_ids=planted)
+    mean_z, kept, right = clean_mean_head_outputs(tiny, batch, "correct")
+    assert kept == [0, 1, 2] and right.tolist() == [True, True, True, False]
+    assert torch.allclose(mean_z, mean_head_outputs(tiny, clean.select([0, 1, 2])), atol=1e-6)
+    assert not torch.allclose(mean_z, mean_head_outputs(tiny, clean), atol=1e-4)
+    all_z, all_kept, _ = clean_mean_head_outputs(tiny, batch, "all")
+    assert all_kept == [0, 1, 2, 3] and torch.allclose(all_z, mean_head_outputs(tiny, clean), atol=1e-6)
+    with pytest.raises(ValueError, match="answers none"):
+        clean_mean_head_outputs(tiny, dataclasses.replace(clean, target_ids=(pred + 1) % tiny.d_vocab), "correct")
 
 
 def test_replacing_the_last_layer_output_gives_unembedding_of_theta(tiny, batch):
