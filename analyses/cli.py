@@ -30,8 +30,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device for the model: cpu (default), cuda, cuda:1, ...")
     p.add_argument("--remote", action="store_true",
                    help="run through nnsight on NDIF (--model must be a Hugging Face hub model id; implies --engine nnsight)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (pin for bit-reproducible runs)")
+    p.add_argument("--threads", type=_count(1), default=None, help="torch threads (pin for bit-reproducible runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _count(minimum: int):
+    """argparse type: an int >= ``minimum`` (so 0 or a negative count is refused, never ignored)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"int>={minimum}"
+    return parse
 
 
 TASK_HELP = "bundled task name, a dataset folder (train.jsonl + test.jsonl), a JSONL file, or a name under $ICL_INTERP_DATA"
@@ -40,8 +54,8 @@ TASK_HELP = "bundled task name, a dataset folder (train.jsonl + test.jsonl), a J
 def _one_task_run(p: argparse.ArgumentParser, *, k: int, n: int) -> None:
     """--task / --k / --n / --seed of the commands that analyse one (task, k, n, seed)."""
     p.add_argument("--task", default="sentiment", help=TASK_HELP)
-    p.add_argument("--k", type=int, default=k)
-    p.add_argument("--n", type=int, default=n)
+    p.add_argument("--k", type=_count(1), default=k, help="demonstrations per prompt (at least 1)")
+    p.add_argument("--n", type=_count(1), default=n)
     p.add_argument("--seed", type=int, default=0)
     _tokenisation_arg(p)
 
@@ -223,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("accuracy", help="ICL accuracy against the number of demonstrations")
     _common(p)
     p.add_argument("--task", default="present-past")
-    p.add_argument("--k", type=int, nargs="+", default=[0, 1, 2, 4, 8])
-    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--k", type=_count(0), nargs="+", default=[0, 1, 2, 4, 8])
+    p.add_argument("--n", type=_count(1), default=100)
     p.add_argument("--seed", type=int, nargs="+", default=[0])
     p.add_argument("--out", default=None)
     _tokenisation_arg(p)
@@ -236,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/kernel")
     p.add_argument("--parts", default="reconstruction,similarity,probes,anchors,selection",
                    help="comma-separated subset of reconstruction,similarity,probes,anchors,selection")
-    p.add_argument("--similarity-n", type=int, default=None, help="queries for attention vs similarity (default min(n, 100))")
-    p.add_argument("--probes-n", type=int, default=None, help="prompts for the key/value probes (default min(n, 100))")
-    p.add_argument("--anchors-n", type=int, default=None, help="queries for the anchors analysis (default min(n, 40))")
+    p.add_argument("--similarity-n", type=_count(1), default=None, help="queries for attention vs similarity (default min(n, 100))")
+    p.add_argument("--probes-n", type=_count(1), default=None, help="prompts for the key/value probes (default min(n, 100))")
+    p.add_argument("--anchors-n", type=_count(1), default=None, help="queries for the anchors analysis (default min(n, 40))")
     p.set_defaults(func=cmd_kernel)
 
     p = sub.add_parser("icl-vs-gd", help="is ICL gradient descent? ICL against a fine-tuned copy (Dai et al.; Shen et al.; Deutch et al.)")
@@ -248,20 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kv (k_proj+v_proj of every layer, Dai), wv:LAYER (one layer's W_V, Shen), all, or a regex over parameter names")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="default: sgd for kv (Dai), adam otherwise (Shen)")
     p.add_argument("--lr", type=float, default=None, help="default 1e-2 for kv (Dai), 1e-3 otherwise (Shen)")
-    p.add_argument("--epochs", type=int, default=None, help="default: 1 for kv (Dai), 20 otherwise (Shen)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 1")
+    p.add_argument("--epochs", type=_count(1), default=None, help="default: 1 for kv (Dai), 20 otherwise (Shen)")
+    p.add_argument("--batch-size", type=_count(1), default=None, help="default 1")
     p.add_argument("--loss", choices=["label", "all"], default=None, help="default: all demo tokens for kv (Dai), label token otherwise (Shen)")
     p.add_argument("--layer-causal", action="store_true", help="Deutch et al.'s layer-causal GD")
     p.add_argument("--record", choices=["label", "final"], default=None,
                    help="recorded position: label = the appended first label word (Dai's code; classification default), final = the predicting token")
-    p.add_argument("--orders", type=int, default=0, help="order sensitivity over this many demo orders (0: skip)")
-    p.add_argument("--orders-n", type=int, default=50, help="queries for the order sensitivity")
+    p.add_argument("--orders", type=_count(0), default=0, help="order sensitivity over this many demo orders (0: skip)")
+    p.add_argument("--orders-n", type=_count(1), default=50, help="queries for the order sensitivity")
     p.add_argument("--out", default="out/icl-vs-gd")
     p.set_defaults(func=cmd_icl_vs_gd)
 
     p = sub.add_parser("linreg", help="the linear-regression lab: train small in-context regressors, compare with GD, probe them")
     p.add_argument("action", choices=["train", "analyze"])
-    p.add_argument("--threads", type=int, default=1, help="torch threads (pinned; default 1)")
+    p.add_argument("--threads", type=_count(1), default=1, help="torch threads (pinned; default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default="out/linreg")
     g = p.add_argument_group("train")
@@ -277,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("analyze")
     g.add_argument("--checkpoint", default="lsa-d10-n10", help="a shipped checkpoint (lsa-d10-n10, gpt-d5-n20) or a folder from `linreg train`")
     g.add_argument("--parts", default="gd,algorithms,probes,kernel", help="comma-separated subset of gd,algorithms,probes,kernel")
-    g.add_argument("--n-tasks", type=int, default=2048)
+    g.add_argument("--n-tasks", type=_count(1), default=2048)
     p.set_defaults(func=cmd_linreg)
 
     p = sub.add_parser("heads", help="every per-head score side by side: kernel agreement, patching, AIE, induction, dual form")
@@ -296,17 +310,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded model")
     _common(p)
-    p.add_argument("--n", type=int, default=24, help="queries per task for the accuracy curve (other parts use n/3)")
+    p.add_argument("--n", type=_count(1), default=24, help="queries per task for the accuracy curve (other parts use n/3)")
     p.add_argument("--parts", default="accuracy,kernel,icl_vs_gd,heads,linreg", help="comma-separated subset of the demo's parts")
     p.add_argument("--out", default="out/demo")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+def _check_out(parser: argparse.ArgumentParser, args) -> None:
+    """--out must be a folder this process can write, found before any work starts."""
+    import os
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        parser.error(f"--out {out} is an existing file: pass a folder (it is created when missing)")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        parser.error(f"--out {out}: {probe} is not a folder this user can write; pick another --out")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _placement(parser, args)
+    _check_out(parser, args)
     try:
         return args.func(args)
     except OSError as err:  # connection errors are OSErrors
@@ -315,6 +347,18 @@ def main(argv=None) -> int:
         print(f"icl-interp: --remote run of {args.model} failed: {err}\n--remote needs network access to huggingface.co "
               "(the model's config) and to NDIF, with an API key in $NDIF_API_KEY", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as err:  # a user error: one line naming the fix, no traceback
+        if os_environ_debug():
+            raise
+        print(f"icl-interp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def os_environ_debug() -> bool:
+    """``ICL_INTERP_DEBUG=1`` shows the full traceback of a user error."""
+    import os
+
+    return os.environ.get("ICL_INTERP_DEBUG", "") not in ("", "0")
 
 
 if __name__ == "__main__":

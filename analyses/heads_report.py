@@ -277,7 +277,7 @@ def example_attention(model, task, heads: dict[tuple[int, int], list[str]], *, k
 
 def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 0, scores: str | Sequence[str] | None = None,
                 patch_positions: str = "final", induction_repeat: int = 50, induction_sequences: int = 8, gd_config=None,
-                progress: bool = False, fv_mean_over: str = "correct") -> HeadScoresResult:
+                progress: bool = False, fv_mean_over: str = "correct", run=None) -> HeadScoresResult:
     """Every score in ``scores`` (default :data:`DEFAULT_SCORES`, i.e. all, less the label-word
     scores on a word task) for every head, from the analyses named in the module docstring, on ``task``
     with ``k`` demos, ``n`` queries and ``seed``.  ``patch_positions``: positions the exact and
@@ -285,7 +285,8 @@ def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 
     the repeated-random-token sequences (the length is capped to fit the context);
     ``gd_config``: the fine-tuning of ``dual_form_gd`` (default Dai et al.'s, lr 1e-2);
     ``fv_mean_over``: the clean prompts the AIE's mean head outputs come from ("correct", Todd et
-    al.'s protocol, or "all"); when the model answers none correctly the AIE is skipped, with why."""
+    al.'s protocol, or "all"); when the model answers none correctly the AIE is skipped, with why;
+    ``run``: a :class:`analyses.resumable.ResumableRun` that saves each analysis as it finishes."""
     from analyses.kernel_report import resolve_task
 
     names = parse_scores(scores)
@@ -303,7 +304,7 @@ def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 
 
     def timed(label, fn):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn() if run is None else run.part(label, fn)
         seconds[label] = round(time.perf_counter() - t0, 3)
         return out
 
@@ -398,8 +399,13 @@ def run_heads_report(model, task="sentiment", *, out: str | Path | None, k: int 
     from analyses.kernel_report import resolve_task
     from interp.protocol import template_protocol
 
+    from analyses.resumable import model_args, resumable
+
     task = resolve_task(task)
-    result = head_scores(model, task, k=k, n=n, seed=seed, scores=scores, progress=progress, **kwargs)
+    run = resumable(out, {"command": "heads", **model_args(model, task), "k": k, "n": n, "seed": seed,
+                          "scores": list(parse_scores(scores) or []),
+                          **{key: (v.to_dict() if hasattr(v, "to_dict") else v) for key, v in sorted(kwargs.items())}})
+    result = head_scores(model, task, k=k, n=n, seed=seed, scores=scores, progress=progress, run=run, **kwargs)
     results = {"engine": model.engine_name, **result.to_dict()}
     results["rankings"] = {s: result.ranking(s, top) for s in result.scores}
     figs = result.figures()

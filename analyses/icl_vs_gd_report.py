@@ -31,16 +31,24 @@ def run_icl_vs_gd_analysis(model, task, *, k: int = 8, n: int = 100, seed: int =
                            counterpart: GDCounterpart | None = None, reference: ReferenceRuns | None = None) -> dict:
     """:func:`icl_vs_gd` (+ order sensitivity when ``orders > 0``) written to ``out``;
     ``counterpart`` / ``reference`` are reused when given (several GD settings, one model side)."""
+    from analyses.resumable import model_args, resumable
+
     task = resolve_task(task)
     config = config or paper_config("kv")
-    gd = counterpart or GDCounterpart(model)
-    result = icl_vs_gd(model, task, k=k, n=n, seed=seed, config=config, record=record, counterpart=gd, reference=reference)
+    run = resumable(out, {"command": "icl-vs-gd", **model_args(model, task), "k": k, "n": n, "seed": seed, "config": config.to_dict(),
+                          "record": record, "orders": orders, "orders_n": orders_n})
+    gd = counterpart
+    if gd is None:
+        gd = GDCounterpart(model)
+    result = run.part("icl_vs_gd", lambda: icl_vs_gd(model, task, k=k, n=n, seed=seed, config=config, record=record, counterpart=gd,
+                                                     reference=reference))
     results = {"model": model.name, "engine": model.engine_name, "task": task.name, "k": k, "n": result.n, "seed": seed,
                "icl_vs_gd": result.to_dict()}
     sections = [("ICL vs its GD counterpart", result.summary(), result.figures())]
     if orders > 0:
-        sens = order_sensitivity(model, task, k=k, n=min(orders_n, n), seed=seed, n_orders=orders,
-                                 config=GDConfig(**{**config.to_dict(), "batch_size": 1}), counterpart=gd)
+        sens = run.part("order_sensitivity", lambda: order_sensitivity(model, task, k=k, n=min(orders_n, n), seed=seed, n_orders=orders,
+                                                                       config=GDConfig(**{**config.to_dict(), "batch_size": 1}),
+                                                                       counterpart=gd))
         results["order_sensitivity"] = sens.to_dict()
         sections.append(("Order sensitivity (Shen et al.)", sens.summary(), sens.figures()))
     from interp.protocol import template_protocol

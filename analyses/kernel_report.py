@@ -26,12 +26,24 @@ PARTS = ("reconstruction", "similarity", "probes", "anchors", "selection")
 
 def resolve_task(task: str | Task) -> Task:
     """A bundled task name, a dataset folder (train.jsonl + test.jsonl), a JSONL file, or a name
-    under ``$ICL_INTERP_DATA/classification``."""
+    under ``$ICL_INTERP_DATA/classification``.  A bare name that is both a bundled task and a
+    file or folder here is an error (say ``./name`` for the local one), never a silent choice."""
+    from interp.tasks import BUNDLED_TASKS
+
     if isinstance(task, Task):
         return task
     path = Path(task)
+    if str(task) in BUNDLED_TASKS:
+        if path.exists() and "/" not in str(task):
+            raise ValueError(f"{task!r} is both a bundled task and a {'folder' if path.is_dir() else 'file'} in the working "
+                             f"directory: pass ./{task} for the local one, or run from another directory for the bundled task")
+        return load_task(task)
     if path.is_dir():
         return load_dataset_dir(path)
+    if path.suffix == ".json" and path.is_file():
+        from interp.tasks import load_json_list
+
+        return load_json_list(path)
     if task.endswith(".jsonl") or path.exists():
         return load_jsonl(task)
     return load_task(task)
@@ -47,6 +59,10 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
         raise ValueError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     task = resolve_task(task)
     prompts = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx)
+    from analyses.resumable import model_args, resumable
+
+    run = resumable(out, {"command": "kernel", **model_args(model, task), "k": k, "n": n, "seed": seed, "parts": list(parts),
+                          "similarity_n": similarity_n, "probes_n": probes_n, "anchors_n": anchors_n}, progress=progress)
     results = {
         "model": model.name, "engine": model.engine_name, "task": task.name, "k": k, "n": n, "seed": seed, "parts": list(parts),
         "prompts": {"input_ids": prompts.input_ids.tolist(), "attention_mask": prompts.attention_mask.tolist(), "texts": list(prompts.texts)},
@@ -54,7 +70,8 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
     sections = []
     recon = None
     if "reconstruction" in parts or "selection" in parts:
-        both = kernel_reconstructions(model, task, k=k, n=n, seed=seed, progress=progress, spans=("block", "input+label"))
+        both = run.part("reconstruction", lambda: kernel_reconstructions(model, task, k=k, n=n, seed=seed, progress=progress,
+                                                                          spans=("block", "input+label")))
         recon = both["block"]
         results["reconstruction"] = recon.to_dict()
         results["reconstruction_input_label"] = both["input+label"].to_dict()
@@ -63,19 +80,19 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
         sections.append(("The same with the demo span = input text + label (template words left out)",
                          both["input+label"].summary(), both["input+label"].figures()))
     if "similarity" in parts:
-        sim = attention_similarity(model, task, k=k, n=similarity_n or min(n, 100), seed=seed)
+        sim = run.part("similarity", lambda: attention_similarity(model, task, k=k, n=similarity_n or min(n, 100), seed=seed))
         results["similarity"] = sim.to_dict()
         sections.append(("Attention vs similarity; Nadaraya-Watson baseline", sim.summary(), sim.figures()))
     if "probes" in parts:
-        probes = kv_probes(model, task, k=k, n=probes_n or min(n, 100), seed=seed)
+        probes = run.part("probes", lambda: kv_probes(model, task, k=k, n=probes_n or min(n, 100), seed=seed))
         results["kv_probes"] = probes.to_dict()
         sections.append(("Key/value probes around the demo label positions", probes.summary(), probes.figures()))
     if "anchors" in parts:
-        anchors = anchors_analysis(model, task, k=k, n=anchors_n or min(n, 40), seed=seed)
+        anchors = run.part("anchors", lambda: anchors_analysis(model, task, k=k, n=anchors_n or min(n, 40), seed=seed))
         results["anchors"] = anchors.to_dict()
         sections.append(("Label words as anchors", anchors.summary(), anchors.figures()))
     if "selection" in parts:
-        selection = demo_selection(model, task, k=k, n=n, seed=seed, random_result=recon)
+        selection = run.part("selection", lambda: demo_selection(model, task, k=k, n=n, seed=seed, random_result=recon))
         results["demo_selection"] = selection.to_dict()
         sections.append(("Demo selection: random vs most similar", selection.summary(), selection.figures()))
     from interp.protocol import batch_protocol

@@ -4,9 +4,9 @@ stopped instead of recomputing what was already done.
 
 Layout, under the run's output folder ``OUT``::
 
-    OUT/parts/args.json        the arguments of the run (JSON); a restart must pass the same ones
-    OUT/parts/{name}.pkl       the pickled result of each finished part
-    OUT/results.json           written at the end, as before (``report.write_json_atomic``)
+    OUT/parts/args.json           the arguments of the run (JSON); a restart must pass the same ones
+    OUT/parts/{name}.safetensors  the result of each finished part (:mod:`analyses.safe_parts`)
+    OUT/results.json              written at the end, as before (``report.write_json_atomic``)
 
 Usage::
 
@@ -14,11 +14,15 @@ Usage::
     r = run.part("gd", lambda: trained_vs_gd(model, n_tasks=n_tasks, seed=seed))
     results["resumed_parts"] = run.summary()   # {"loaded": [...], "computed": [...]}
 
-What a part returns is pickled as it is (the analyses' result dataclasses), so a loaded part is the
-same object a fresh one would be: ``to_dict()`` and ``figures()`` work after a resume.  Every file is
-written to a temporary file in the same folder and renamed over the target (``os.replace``), so a
-kill at any moment leaves either the old file, the new one, or none — never half of one; a stray
-temporary file (``.{name}.pkl-*``) from a killed write is ignored and removed on the next start.
+What a part returns (the analyses' result dataclasses, tensors, numbers, lists, dicts) is saved
+without pickle: the structure as JSON in a safetensors file's header, the tensors in its body.  A
+results folder someone hands you therefore never runs code when it is resumed; a file that is not
+what this module writes is refused and the part computed again.  Pickled parts of earlier versions
+(``{name}.pkl``) are never loaded.  A loaded part is the same object a fresh one would be:
+``to_dict()`` and ``figures()`` work after a resume.  Every file is written to a temporary file in
+the same folder and renamed over the target (``os.replace``), so a kill at any moment leaves either
+the old file, the new one, or none — never half of one; a stray temporary file from a killed write
+is ignored and removed on the next start.
 
 ``args`` must identify everything the parts depend on (model, data sizes, seeds ...).  If
 ``OUT/parts/args.json`` exists with different arguments, :class:`ResumableRun` raises
@@ -35,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
 import tempfile
 import time
@@ -65,6 +68,39 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+class NoResume:
+    """The :class:`ResumableRun` interface when there is no output folder: every part computed."""
+
+    loaded: list = []
+
+    def __init__(self):
+        self.computed: list[str] = []
+
+    def part(self, name: str, compute: Callable[[], T]) -> T:
+        self.computed.append(name)
+        return compute()
+
+    def summary(self) -> dict:
+        return {"loaded": [], "computed": list(self.computed)}
+
+
+def resumable(out, args: dict, *, progress: bool = False):
+    """A :class:`ResumableRun` under ``out``, or :class:`NoResume` when ``out`` is None."""
+    return NoResume() if out is None else ResumableRun(out, args, progress=progress)
+
+
+def model_args(model, task) -> dict:
+    """What identifies the model and the task in a run's arguments: name, a digest of the weights,
+    the task's name, size and template."""
+    from dataclasses import asdict
+
+    from interp.finetune import parameter_hash
+
+    return {"model": model.name, "weights_sha256": parameter_hash(model), "task": task.name,
+            "task_examples": len(task.examples), "task_test_examples": len(task.test_examples or []),
+            "template": asdict(task.template)}
+
+
 class ResumableRun:
     """Parts of one run saved as they finish under ``OUT/parts/``; a restarted run with the same
     arguments loads them instead of recomputing.
@@ -79,11 +115,15 @@ class ResumableRun:
         self.loaded: list[str] = []
         self.computed: list[str] = []
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stray in self.dir.glob(".*.pkl-*"):  # temporary files of a write that was killed
+        for stray in self.dir.glob(".*.safetensors-*"):  # temporary files of a write that was killed
             stray.unlink(missing_ok=True)
         args_file = self.dir / "args.json"
         if args_file.exists():
-            saved = json.loads(args_file.read_text())
+            try:
+                saved = json.loads(args_file.read_text())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ValueError(f"{args_file} is not valid JSON ({err}): the results folder is damaged or not one this toolkit "
+                                 f"wrote; pick a new --out folder, or delete {self.dir} to start afresh") from None
             if saved != self.args:
                 changed = sorted(k for k in saved.keys() | self.args.keys() if saved.get(k) != self.args.get(k))
                 raise ValueError(
@@ -93,25 +133,30 @@ class ResumableRun:
             _write_atomic(args_file, json.dumps(self.args, indent=2).encode())
 
     def path(self, name: str) -> Path:
-        return self.dir / f"{name}.pkl"
+        return self.dir / f"{name}.safetensors"
 
     def part(self, name: str, compute: Callable[[], T]) -> T:
-        """The result of part ``name``: loaded from ``OUT/parts/{name}.pkl`` when a previous
-        invocation finished it, else ``compute()``, saved atomically before it is returned."""
+        """The result of part ``name``: loaded from ``OUT/parts/{name}.safetensors`` when a
+        previous invocation finished it, else ``compute()``, saved atomically before it is
+        returned."""
+        from analyses.safe_parts import dumps, loads
+
         path = self.path(name)
+        if (self.dir / f"{name}.pkl").exists():
+            warnings.warn(f"{self.dir / (name + '.pkl')} is a pickled part of an earlier version: pickles are never loaded "
+                          "(loading one can run code); computing the part again", stacklevel=2)
         if path.exists():
             try:
-                with open(path, "rb") as fh:
-                    value = pickle.load(fh)
-            except Exception as err:  # e.g. the result class changed since it was saved
-                warnings.warn(f"could not load the saved part {path} ({err!r}); computing it again", stacklevel=2)
+                value = loads(path.read_bytes())
+            except Exception as err:  # tampered, corrupt, or the result class changed since it was saved
+                warnings.warn(f"could not load the saved part {path} ({err}); computing it again", stacklevel=2)
             else:
                 self.loaded.append(name)
                 self._say(f"part {name}: loaded from {path}")
                 return value
         self._say(f"part {name}: computing")
         value = compute()
-        _write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        _write_atomic(path, dumps(value))
         self.computed.append(name)
         self._say(f"part {name}: saved to {path}")
         delay = float(os.environ.get(PART_DELAY_ENV) or 0)

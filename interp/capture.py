@@ -57,6 +57,9 @@ def capture_hooks(spec: Capture, *, engine, store: Activations, pos_index, n_lay
     facts = engine.facts
     hooks = []
     for site in expand_sites(spec.site, spec.layers, n_layers):
+        if spec.heads is not None and site.layout == "bpd" and site.hook != "attn.hook_result":
+            raise ValueError(f"Capture({site.hook!r}, heads=...): {site.hook} has no head axis (it is [batch, pos, d_model]); "
+                             "drop heads=, or capture a per-head site (attn.hook_z, attn.hook_result, attn.hook_pattern, ...)")
         n = facts.n_kv_heads if site.is_kv else facts.n_heads
         heads = head_index(spec.heads, n)
         if site.hook == "attn.hook_result":

@@ -70,6 +70,9 @@ class Patch(Edit):
         out = []
         for site in expand_sites(self.site, self.layers, ctx.facts.n_layers):
             _check_writable(site)
+            if isinstance(self.value, dict) and site.name not in self.value:
+                raise ValueError(f"Patch({self.site!r}): the values hold no {site.name!r} (they have {sorted(self.value)[:4]}...); "
+                                 "capture that site in the source run, or restrict layers= to the captured ones")
             value = self.value[site.name] if isinstance(self.value, dict) else self.value
             out.append((site, _patch_fn(site, value, ctx.heads(site, self.heads), ctx.positions(self.positions))))
         return out
@@ -270,6 +273,9 @@ class AddVector(Edit):
 
 def _add_fn(site, vector, scale, heads, pos):
     def fn(t):
+        if vector.shape[-1] != t.shape[-1]:
+            raise ValueError(f"AddVector {site.name}: the vector has width {vector.shape[-1]} but the site is {t.shape[-1]} wide "
+                             f"(activation {tuple(t.shape)}); pass a vector of the site's last dimension")
         mask = selection_mask(t.shape, site.layout, heads, pos, device=t.device)
         v = vector.to(device=t.device, dtype=t.dtype)
         return t + mask * (scale * v)

@@ -49,8 +49,10 @@ class GDConfig:
             raise ValueError(f"loss must be 'label' (the answer token) or 'all' (every demo token), got {self.loss!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        import math
+
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -177,6 +179,9 @@ class GDCounterpart:
                 for start in range(0, len(order), config.batch_size):
                     idx = order[start: start + config.batch_size]
                     loss, q = self._loss([sequences[i] for i in idx], [predict_at[i] for i in idx], config, record_queries)
+                    if not bool(torch.isfinite(loss)):
+                        raise ValueError(f"the fine-tuning loss became {float(loss.detach())} at step {len(losses) + 1} (lr={config.lr}): "
+                                         "the GD counterpart diverged; use a smaller lr")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

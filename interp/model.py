@@ -219,7 +219,12 @@ class Model:
     def _inputs(self, inputs, attention_mask):
         if hasattr(inputs, "input_ids") and hasattr(inputs, "final_positions"):  # IclBatch
             return inputs.input_ids, inputs.attention_mask, inputs.final_positions().cpu()
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            raise ValueError("run([]): no inputs; pass a string, a list of strings, token ids or an IclBatch")
         if isinstance(inputs, (str, list, tuple)) and (isinstance(inputs, str) or isinstance(inputs[0], str)):
+            texts = [inputs] if isinstance(inputs, str) else list(inputs)
+            if any(not t for t in texts):
+                raise ValueError("run(''): an empty text has no tokens to run; pass text with at least one character")
             input_ids, attention_mask = self.encode(inputs)
         elif isinstance(inputs, torch.Tensor) and inputs.is_floating_point():  # real-vector tokens [batch, pos, d_in]
             input_ids = inputs if inputs.ndim == 3 else inputs.unsqueeze(0)
@@ -236,6 +241,12 @@ class Model:
             raise TypeError(f"inputs must be an IclBatch, token ids or text, not {type(inputs).__name__}")
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
+        if input_ids.numel() == 0:
+            raise ValueError("run: the token ids are empty; pass at least one token")
+        bad = (input_ids < 0) | (input_ids >= self.d_vocab)
+        if self.engine.name != "hooked-module" and bool(bad.any()):
+            raise ValueError(f"token ids {sorted(set(input_ids[bad].tolist()))[:5]} are outside the vocabulary 0..{self.d_vocab - 1}: "
+                             "encode text with this model's tokenizer (model.encode)")
         return input_ids, attention_mask, final_positions(attention_mask.cpu())
 
 

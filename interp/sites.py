@@ -137,7 +137,7 @@ def resolve_positions(
             raise ValueError("positions='final' needs the batch's final positions: pass an IclBatch, or attention_mask")
         idx = final.reshape(batch, 1)
     elif isinstance(positions, int):
-        idx = torch.full((batch, 1), positions % seq_len, dtype=torch.long)
+        idx = _in_range(torch.full((batch, 1), positions, dtype=torch.long), seq_len)
     elif isinstance(positions, torch.Tensor):
         if positions.dtype == torch.bool:
             if positions.shape != (batch, seq_len):
@@ -152,12 +152,20 @@ def resolve_positions(
                 idx = idx.unsqueeze(0).expand(batch, -1)
             if idx.ndim != 2 or idx.shape[0] != batch:
                 raise ValueError(f"position tensor must be [n] or [batch={batch}, n], got {tuple(positions.shape)}")
-            idx = idx % seq_len
+            idx = _in_range(idx, seq_len)
     else:
-        idx = torch.tensor([int(p) % seq_len for p in positions], dtype=torch.long).unsqueeze(0).expand(batch, -1)
-    if bool((idx < 0).any()) or bool((idx >= seq_len).any()):
-        raise ValueError(f"positions out of range for sequence length {seq_len}")
+        idx = _in_range(torch.tensor([int(p) for p in positions], dtype=torch.long), seq_len).unsqueeze(0).expand(batch, -1)
     return idx
+
+
+def _in_range(idx: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Positions in -seq_len..seq_len-1 (negative count from the end), as 0..seq_len-1; anything
+    else is an error naming the offending positions (never wrapped around)."""
+    bad = (idx < -seq_len) | (idx >= seq_len)
+    if bool(bad.any()):
+        raise ValueError(f"positions {sorted(set(idx[bad].tolist()))} are out of range for a sequence of {seq_len} tokens: "
+                         f"use 0..{seq_len - 1}, or -{seq_len}..-1 to count from the end")
+    return idx % seq_len
 
 
 def head_index(heads: int | Sequence[int] | None, n: int) -> torch.Tensor | None:

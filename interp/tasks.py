@@ -234,6 +234,10 @@ def _task_from_records(
             )
         label_words = [names[k] for k in range(len(names))]
     words = [str(w) for w in label_words]
+    for w in words:
+        if not w.strip():
+            raise ValueError(f"{source}: a label word is empty or only whitespace ({w!r}); give every class a visible name "
+                             "(label_name in the file, or label_words=[...])")
     examples = []
     for i, (text, lab) in enumerate(zip(inputs, labels)):
         if not 0 <= lab < len(words):
@@ -242,9 +246,27 @@ def _task_from_records(
                 f"label_words {words}; pass label_words with one name per class"
             )
         examples.append(Example(text, words[lab], lab))
+    if len(set(labels)) < 2:
+        raise ValueError(f"{source}: every example has label {labels[0] if labels else None}: a classification task needs "
+                         "examples of at least two classes (agreement with one class would be 1.000 by construction)")
     return Task(
         name=task_name, examples=examples, kind="classification", label_words=words, template=tmpl
     )
+
+
+def load_json_list(path: str | os.PathLike, *, name: str | None = None, template: Template | None = None) -> Task:
+    """A word task stored as one JSON list of ``{"input": ..., "output": ...}`` objects (the format
+    of Todd et al.'s word tasks, e.g. ``../shared/datasets/word_tasks/antonym.json``)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{p}: not valid JSON ({err}); a word task file is a JSON list of "
+                         '{"input": ..., "output": ...} objects (or use a .jsonl file, one object per line)') from None
+    if not isinstance(data, list) or not data or not all(isinstance(r, dict) and "input" in r and "output" in r for r in data):
+        raise ValueError(f'{p}: expected a non-empty JSON list of {{"input": ..., "output": ...}} objects')
+    examples = [Example(str(r["input"]).strip(), str(r["output"]).strip()) for r in data]
+    return Task(name=name or p.stem, examples=examples, kind="generation", template=template or Template())
 
 
 def load_jsonl(

@@ -22,7 +22,7 @@ def model_dir(tmp_path_factory):
 
 def test_verify_passes_and_prints_json(model_dir, capsys):
     code = cli.main(["verify", "--model", model_dir, *TEXTS])
-    out = json.loads(capsys.readouterr().out)
+    out = _strict(capsys.readouterr().out)
     assert code == 0 and out["passed"] is True
     names = {(c["name"], c["engine"]) for c in out["checks"]}
     assert ("hooked_vs_plain_logits", "nnsight") in names and ("engines_agree_hook_pattern", "both") in names
@@ -137,6 +137,14 @@ def test_every_command_writes_strict_json_with_the_protocol_and_no_nan_in_report
             assert p["weights_sha256"] and p["versions"]["torch"] and p["attn_implementation"] == "eager", name
             html = _visible_text((out / "report.html").read_text())
             assert not re.search(r"\bnan\b", html, flags=re.I), name
+    # the linear-regression lab's two commands, and verify's JSON on stdout
+    lab = tmp_path / "lab"
+    assert cli.main(["linreg", "train", "--model", "lsa", "--d", "2", "--n-points", "5", "--steps", "20", "--eval-tasks", "8",
+                     "--eval-every", "10", "--quiet", "--out", str(lab)]) == 0
+    assert cli.main(["linreg", "analyze", "--checkpoint", str(lab), "--n-tasks", "16", "--quiet", "--out", str(tmp_path / "lab-an")]) == 0
+    for out in (lab, tmp_path / "lab-an"):
+        _strict((out / "results.json").read_text())
+        assert not re.search(r"\bnan\b", _visible_text((out / "report.html").read_text()), flags=re.I), out
     kernel = _strict((tmp_path / "kernel" / "results.json").read_text())
     assert kernel["reconstruction"]["span"] == "block" and kernel["reconstruction_input_label"]["span"] == "input+label"
     assert kernel["protocol"]["span_rules"] == ["block", "input+label"]

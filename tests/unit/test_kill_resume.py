@@ -5,7 +5,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from analyses.report import strict_json
 from analyses.resumable import PART_DELAY_ENV, ResumableRun
+from analyses.safe_parts import UnsafePart, dumps, loads
 
 ROOT = Path(__file__).resolve().parents[2]
 ANALYZE = ["linreg", "analyze", "--checkpoint", "lsa-d10-n10", "--parts", "gd,algorithms,probes", "--n-tasks", "1024",
@@ -63,11 +64,11 @@ def test_a_killed_run_resumes_without_recomputing_finished_parts(tmp_path):
     reference = _cli(ref)  # the same command, never interrupted, runs beside the one we kill
     victim = _cli(out, delay=600)
     try:
-        gd, algorithms = out / "parts" / "gd.pkl", out / "parts" / "algorithms.pkl"
+        gd, algorithms = out / "parts" / "gd.safetensors", out / "parts" / "algorithms.safetensors"
         deadline = time.monotonic() + 300
         while not gd.exists():
             assert victim.poll() is None, f"the run ended before saving gd:\n{victim.communicate()[1]}"
-            assert time.monotonic() < deadline, "gd.pkl never appeared"
+            assert time.monotonic() < deadline, "gd.safetensors never appeared"
             time.sleep(0.05)
         assert not algorithms.exists()  # it sleeps 600 s after saving gd: we kill it between parts
         os.kill(victim.pid, signal.SIGKILL)
@@ -76,22 +77,22 @@ def test_a_killed_run_resumes_without_recomputing_finished_parts(tmp_path):
 
         # what the killed run left: gd saved whole, nothing half-written
         assert not (out / "results.json").exists() or json.loads((out / "results.json").read_text())
-        assert sorted(p.name for p in (out / "parts").iterdir()) == ["args.json", "gd.pkl"]
+        assert sorted(p.name for p in (out / "parts").iterdir()) == ["args.json", "gd.safetensors"]
         before = gd.stat()
         gd_bytes = gd.read_bytes()
         digest = hashlib.sha256(gd_bytes).hexdigest()
-        assert type(pickle.loads(gd_bytes)).__name__ == "TrainedVsGDResult"
+        assert type(loads(gd_bytes)).__name__ == "TrainedVsGDResult"
 
         stderr = _finish(_cli(out))  # the same command again, to completion
         after = gd.stat()
         assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
-        assert hashlib.sha256(gd.read_bytes()).hexdigest() == digest  # gd.pkl was not rewritten
+        assert hashlib.sha256(gd.read_bytes()).hexdigest() == digest  # gd.safetensors was not rewritten
         assert "part gd: loaded" in stderr and "part gd: computing" not in stderr
         results = json.loads((out / "results.json").read_text())
         assert results["resumed_parts"] == {"loaded": ["gd"], "computed": ["algorithms", "probes"]}
-        assert sorted(p.name for p in (out / "parts").iterdir()) == ["algorithms.pkl", "args.json", "gd.pkl", "probes.pkl"]
+        assert sorted(p.name for p in (out / "parts").iterdir()) == ["algorithms.safetensors", "args.json", "gd.safetensors", "probes.safetensors"]
         assert (out / "report.html").exists()
-        assert results["trained_vs_gd"] == json.loads(json.dumps(pickle.loads(gd_bytes).to_dict()))  # gd's numbers: the saved ones
+        assert results["trained_vs_gd"] == json.loads(strict_json(loads(gd_bytes).to_dict()))  # gd's numbers: the saved ones
 
         _finish(reference)
         expected = json.loads((ref / "results.json").read_text())
@@ -132,7 +133,7 @@ def test_result_objects_survive_a_resume(tmp_path):
     assert first["resumed_parts"] == {"loaded": [], "computed": ["probes"]}
     assert second["resumed_parts"] == {"loaded": ["probes"], "computed": []}
     assert _without_resume_record(first) == _without_resume_record(second)
-    p, s = pickle.loads((tmp_path / "parts" / "probes.pkl").read_bytes())
+    p, s = loads((tmp_path / "parts" / "probes.safetensors").read_bytes())
     assert p.figures() and s.figures()  # the analysis objects themselves, not just their numbers
     assert "resumed_parts" not in run_linreg_analysis("lsa-d10-n10", None, parts=["probes"], n_tasks=64)
 
@@ -148,16 +149,125 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     run = ResumableRun(tmp_path, {})
     run.part("good", lambda: [1, 2, 3])
     with pytest.raises(Exception):
-        run.part("bad", lambda: (lambda: None))  # a lambda cannot be pickled: the write fails
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["args.json", "good.pkl"]
-    (tmp_path / "parts" / ".good.pkl-stray").write_bytes(b"half")  # what a write killed mid-way leaves
+        run.part("bad", lambda: (lambda: None))  # a function is not a result: the save is refused
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["args.json", "good.safetensors"]
+    (tmp_path / "parts" / ".good.safetensors-stray").write_bytes(b"half")  # what a write killed mid-way leaves
     assert ResumableRun(tmp_path, {}).part("good", lambda: None) == [1, 2, 3]
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["args.json", "good.pkl"]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["args.json", "good.safetensors"]
 
 
 def test_a_part_that_no_longer_loads_is_computed_again(tmp_path):
     run = ResumableRun(tmp_path, {})
-    (tmp_path / "parts" / "a.pkl").write_bytes(b"not a pickle")
+    (tmp_path / "parts" / "a.safetensors").write_bytes(b"not a part")
     with pytest.warns(UserWarning, match="computing it again"):
         assert run.part("a", lambda: 7) == 7
     assert run.computed == ["a"] and ResumableRun(tmp_path, {}).part("a", lambda: 8) == 7
+
+
+# a results folder someone hands you never runs code (issue 16)
+
+class _Payload:
+    """A pickle that writes a marker file when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_a_pickled_part_is_never_loaded(tmp_path):
+    import pickle
+
+    marker = tmp_path / "marker"
+    parts = tmp_path / "run" / "parts"
+    ResumableRun(tmp_path / "run", {}).part("a", lambda: 1)
+    (parts / "a.safetensors").unlink()
+    (parts / "a.pkl").write_bytes(pickle.dumps(_Payload(marker)))  # an old-format part with a payload
+    with pytest.warns(UserWarning, match="pickles are never loaded"):
+        assert ResumableRun(tmp_path / "run", {}).part("a", lambda: 2) == 2
+    assert not marker.exists()
+
+
+def test_a_tampered_part_naming_a_foreign_class_is_refused(tmp_path):
+    import json as _json
+    import struct
+
+    from safetensors.torch import save
+
+    evil = {"__dataclass__": "subprocess:Popen", "fields": {"args": ["touch", str(tmp_path / "marker")]}}
+    blob = save({}, metadata={"format": "icl-interp part 1", "value": _json.dumps(evil)})
+    with pytest.raises(UnsafePart, match="only the project's own result classes"):
+        loads(blob)
+    for bad in (b"", b"\x00" * 8, struct.pack("<Q", 5) + b"nope!", save({}, metadata={"format": "other", "value": "1"})):
+        with pytest.raises(UnsafePart):
+            loads(bad)
+    assert not (tmp_path / "marker").exists()
+
+
+def test_parts_round_trip_results_tensors_and_special_floats():
+    import dataclasses
+
+    import torch
+
+    from analyses.kernel_regression import HeldOutSelection
+
+    sel = HeldOutSelection(layer=3, head=1, selection_agreement=0.5, heldout_agreement={"accuracy": float("nan")},
+                           heldout_gold_accuracy={"accuracy": 1.0}, n_selection=7, n_heldout=3)
+    value = {"sel": sel, "grid": torch.arange(6.0).reshape(2, 3), "pair": (1, float("-inf")), 2: [None, True, "x"]}
+    back = loads(dumps(value))
+    assert isinstance(back["sel"], HeldOutSelection) and back["sel"].layer == 3
+    assert math.isnan(back["sel"].heldout_agreement["accuracy"]) and back["pair"] == (1, float("-inf"))
+    assert torch.equal(back["grid"], value["grid"]) and back[2] == [None, True, "x"]
+    assert dataclasses.asdict(back["sel"])["heldout_gold_accuracy"] == {"accuracy": 1.0}
+    with pytest.raises(TypeError, match="cannot save"):
+        dumps({"f": print})
+
+
+def test_kernel_icl_vs_gd_and_heads_resume_their_finished_parts(tmp_path, monkeypatch, char_tokenizer):
+    """A second start into the same folder loads every finished part: the analyses are not
+    called again (here they would raise) and results.json is byte-identical (the heads report
+    apart from its wall times)."""
+    import copy
+
+    import analyses.heads_report as heads_module
+    import analyses.icl_vs_gd_report as gd_module
+    import analyses.kernel_report as kernel_module
+    from interp import load_model
+    from interp.finetune import GDConfig
+    from interp.prompts import Template
+    from interp.tasks import Example, Task
+    from tests.conftest import make_tiny_llama
+
+    words = ["x", "y"]
+    inputs = [f"{a}{b} {c}" for a, b, c in zip("abcdefghijklmnopqrst", "bcdefghijklmnopqrstu", "mnopqrstuvwxyzabcdef")]
+    task = Task("toy", [Example(t, words[i % 2], i % 2) for i, t in enumerate(inputs)], kind="classification",
+                label_words=words, template=Template(space_before_text=False))
+    model = load_model(make_tiny_llama(n_layers=2), tokenizer=copy.deepcopy(char_tokenizer))
+    cfg = GDConfig(lr=0.1, loss="all")
+
+    def runs():
+        kernel_module.run_kernel_analysis(model, task, k=2, n=6, seed=0, out=tmp_path / "kernel", parts=["reconstruction", "selection"])
+        gd_module.run_icl_vs_gd_analysis(model, task, k=2, n=4, seed=0, config=cfg, orders=2, orders_n=3, out=tmp_path / "gd")
+        heads_module.run_heads_report(model, task, out=tmp_path / "heads", k=2, n=3, seed=0, scores=["kernel", "exact_patching"])
+
+    runs()
+    first = {name: (tmp_path / name / "results.json").read_bytes() for name in ("kernel", "gd", "heads")}
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed a part that was saved")
+
+    for module, names in ((kernel_module, ("kernel_reconstructions", "demo_selection")), (gd_module, ("icl_vs_gd", "order_sensitivity"))):
+        for name in names:
+            monkeypatch.setattr(module, name, boom)
+    import analyses.head_attribution
+    import analyses.kernel_regression
+    monkeypatch.setattr(analyses.kernel_regression, "kernel_reconstruction", boom)
+    monkeypatch.setattr(analyses.head_attribution, "head_attribution", boom)
+    runs()
+    for name, data in first.items():
+        if name == "heads":  # it records wall times: equal apart from them
+            strip = lambda d: {k: v for k, v in json.loads(d).items() if k != "seconds"}  # noqa: E731
+            assert strip((tmp_path / name / "results.json").read_bytes()) == strip(data)
+        else:
+            assert (tmp_path / name / "results.json").read_bytes() == data, name

@@ -330,3 +330,20 @@ def test_nnsight_remote_local_dry_run(tiny_llama, char_tokenizer):
     for k in a.acts:
         assert torch.equal(a.acts[k], b.acts[k])
     assert torch.equal(a.logits, b.logits)
+
+
+def test_positions_past_the_end_are_an_error_not_wrapped(facade, char_tokenizer):
+    """Issue 16: positions=[L + 5] used to capture position 5, -1000 was accepted."""
+    from interp.sites import resolve_positions
+
+    ids, mask = batch(char_tokenizer)
+    L = ids.shape[1]
+    for bad in ([L + 5], L + 3, -1000, torch.tensor([L])):
+        with pytest.raises(ValueError, match="out of range for a sequence"):
+            resolve_positions(bad, ids.shape[0], L)
+    assert resolve_positions(-1, 2, L).tolist() == [[L - 1], [L - 1]]
+    assert resolve_positions([0, -L], 1, L).tolist() == [[0, 0]]
+    with pytest.raises(ValueError, match="out of range"):
+        facade.run(ids, attention_mask=mask, capture=[Capture("hook_resid_post", positions=[L + 5])])
+    with pytest.raises(ValueError, match="out of range"):
+        facade.run(ids, attention_mask=mask, edits=[AttentionKnockout("final", [L + 3])])
