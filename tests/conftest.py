@@ -66,6 +66,15 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny Llama and the character tokenizer saved as a local model folder (for the CLI)."""
+    d = tmp_path_factory.mktemp("tiny")
+    make_tiny_llama().save_pretrained(d)
+    make_char_tokenizer().save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """SmolLM2's tokenizer, from the embedded model's converted copy."""
     pytest.importorskip("gguf")

@@ -6,18 +6,14 @@ import pytest
 
 from analyses import cli
 from interp import verify as verify_module
-from tests.conftest import make_char_tokenizer, make_tiny_llama
 
 
 TEXTS = ["--text", "ab cd ef", "--text", "hello"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    make_tiny_llama().save_pretrained(d)
-    make_char_tokenizer().save_pretrained(d)
-    return str(d)
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_verify_passes_and_prints_json(model_dir, capsys):

@@ -13,11 +13,8 @@ from tests.conftest import make_char_tokenizer, make_tiny_llama
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    make_tiny_llama().save_pretrained(d)
-    make_char_tokenizer().save_pretrained(d)
-    return str(d)
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
