@@ -32,7 +32,8 @@ def make_char_tokenizer():
         return AutoTokenizer.from_pretrained(d)
 
 
-def make_tiny_llama(seed: int = 0, vocab_size: int = len(CHARS) + 2, attn_implementation: str = "eager", n_layers: int = 2):
+def make_tiny_llama(seed: int = 0, vocab_size: int = len(CHARS) + 2, attn_implementation: str = "eager", n_layers: int = 2,
+                    n_ctx: int = 64):
     """A 2-layer Llama with grouped-query attention (4 query heads, 2 key/value heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -44,7 +45,7 @@ def make_tiny_llama(seed: int = 0, vocab_size: int = len(CHARS) + 2, attn_implem
         num_hidden_layers=n_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=n_ctx,
         pad_token_id=0,
         bos_token_id=None,
         eos_token_id=None,

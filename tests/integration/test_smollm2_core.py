@@ -121,3 +121,23 @@ def test_a_users_bridge_builds_the_same_prompts_as_the_model_it_wraps(hf_smollm2
     info = via_bridge.provenance()
     assert info["bos"]["prepend_bos"] is False and info["architecture"]["family"] == "llama"
     assert info["served_by"] == "the user's TransformerLens bridge"
+
+
+def test_the_demo_writes_strict_json_and_a_report_without_nan(hf_smollm2, tmp_path):
+    """Issue 15: the demo's results.json held 137 bare NaN; now strict JSON (RFC 8259), with a
+    protocol block, and no "nan" in what the report shows."""
+    import json
+    import re
+
+    from analyses import cli
+
+    assert cli.main(["demo", "--n", "6", "--quiet", "--threads", "1", "--out", str(tmp_path)]) == 0
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    res = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    assert res["protocol"]["tokenisation"] == "whole-text" and res["protocol"]["weights_sha256"]
+    assert res["model_info"]["bos"]["prepend_bos"] is False
+    visible = re.sub(r"<script.*?</script>", "", (tmp_path / "report.html").read_text(), flags=re.S)
+    assert not re.search(r"\bnan\b", visible, flags=re.I)
