@@ -32,6 +32,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="run through nnsight on NDIF (--model must be a Hugging Face hub model id; implies --engine nnsight)")
     p.add_argument("--threads", type=_count(1), default=None, help="torch threads (pin for bit-reproducible runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def _count(minimum: int):
@@ -64,16 +65,32 @@ def _tokenisation_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenisation", choices=("whole-text", "piecewise"), default="whole-text",
                    help="how prompts become tokens: the whole text at once as the model reads it (default), "
                         "or each piece on its own (the earlier default, for comparison)")
+    p.add_argument("--label-words", default=None,
+                   help="comma-separated label words of a classification task, one per class in class order")
+    p.add_argument("--label-policy", choices=("first-token", "sequence"), default=None,
+                   help="how multi-token label words are scored: their first token, or all their tokens")
 
 
 def _task(args):
-    """The --task with the --tokenisation of the command line in its template."""
+    """The --task with the command line's --tokenisation, --label-words and --label-policy."""
     import dataclasses
 
     from analyses.kernel_report import resolve_task
 
     task = resolve_task(args.task)
-    return dataclasses.replace(task, template=dataclasses.replace(task.template, tokenisation=args.tokenisation))
+    changes = {"template": dataclasses.replace(task.template, tokenisation=args.tokenisation)}
+    if args.label_words is not None:
+        words = [w.strip() for w in args.label_words.split(",")]
+        if task.kind != "classification":
+            raise ValueError(f"--label-words applies to classification tasks; {task.name!r} is a word task")
+        if len(words) != len(task.label_words or []) or not all(words):
+            raise ValueError(f"--label-words needs {len(task.label_words or [])} non-empty words (one per class of "
+                             f"{task.name!r}: {task.label_words}), got {words}")
+        relabel = lambda es: None if es is None else [dataclasses.replace(e, output=words[e.label]) for e in es]  # noqa: E731
+        changes.update(label_words=words, examples=relabel(task.examples), test_examples=relabel(task.test_examples))
+    if args.label_policy is not None:
+        changes["label_policy"] = args.label_policy
+    return dataclasses.replace(task, **changes)
 
 
 def _placement(parser: argparse.ArgumentParser, args) -> None:
@@ -348,17 +365,10 @@ def main(argv=None) -> int:
               "(the model's config) and to NDIF, with an API key in $NDIF_API_KEY", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:  # a user error: one line naming the fix, no traceback
-        if os_environ_debug():
+        if getattr(args, "debug", False):
             raise
-        print(f"icl-interp {args.command}: error: {err}", file=sys.stderr)
+        print(f"icl-interp: error: {err}", file=sys.stderr)
         return 2
-
-
-def os_environ_debug() -> bool:
-    """``ICL_INTERP_DEBUG=1`` shows the full traceback of a user error."""
-    import os
-
-    return os.environ.get("ICL_INTERP_DEBUG", "") not in ("", "0")
 
 
 if __name__ == "__main__":

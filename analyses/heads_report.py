@@ -397,7 +397,7 @@ def run_heads_report(model, task="sentiment", *, out: str | Path | None, k: int 
     """:func:`head_scores` written to ``out``: ``results.json`` (every grid, ranking,
     correlation and attention row shown) and a self-contained ``report.html``."""
     from analyses.kernel_report import resolve_task
-    from interp.protocol import template_protocol
+    from interp.protocol import task_protocol, template_protocol
 
     from analyses.resumable import model_args, resumable
 
@@ -418,5 +418,5 @@ def run_heads_report(model, task="sentiment", *, out: str | Path | None, k: int 
         ("Top heads' attention on an example prompt", result.example.get("text", ""), figs[n_scores + (n_scores > 1):]),
     ]
     write_run(out, results, f"Per-head scores — {result.setting}", sections, model=model,
-              protocol={**template_protocol(task.template), "scores": list(result.scores)})
+              protocol={**template_protocol(task.template), **task_protocol(task), "scores": list(result.scores)})
     return result

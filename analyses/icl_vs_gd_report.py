@@ -51,9 +51,9 @@ def run_icl_vs_gd_analysis(model, task, *, k: int = 8, n: int = 100, seed: int =
                                                                        counterpart=gd))
         results["order_sensitivity"] = sens.to_dict()
         sections.append(("Order sensitivity (Shen et al.)", sens.summary(), sens.figures()))
-    from interp.protocol import template_protocol
+    from interp.protocol import task_protocol, template_protocol
 
-    protocol = {**template_protocol(task.template, "left"), "gd_config": config.to_dict(), "record": result.record,
+    protocol = {**template_protocol(task.template, "left"), **task_protocol(task), "gd_config": config.to_dict(), "record": result.record,
                 "order_sensitivity_orders": orders}
     write_run(out, results, f"Is ICL gradient descent? — {model.name}, {task.name}, k={k}, n={result.n}, seed {seed}", sections,
               model=model, protocol=protocol)

@@ -152,6 +152,8 @@ class KernelReconstructionResult:
             "  baselines (agreement with the model / gold accuracy): " + "; ".join(
                 f"{name} {v['agreement']:.3f} / {v['gold_accuracy']:.3f}" for name, v in self.baselines.items()),
             "  top heads by agreement: " + ", ".join(f"L{l}H{h} {v:.3f}" for l, h, v in self.top()),
+            *([f"  warning: {self.setting['one_class_prompts']} of {self.n} prompts show demos of one class only; there every "
+               "head's vote is that class by construction, whatever its attention"] if self.setting.get("one_class_prompts") else []),
         ])
 
     def figures(self) -> list:
@@ -210,6 +212,8 @@ def kernel_reconstructions(model, task="sentiment", *, k: int = 4, n: int = 100,
                      else label_logprobs(model, sub).argmax(-1))
     model_pred = torch.cat(preds)
     gold = batch.gold.cpu()
+    # prompts whose demos all carry one class: every head's vote is that class there by construction
+    one_class = int(sum(len(set(row.tolist())) == 1 for row in demo_classes))
     gen = torch.Generator().manual_seed(seed)
     selection = torch.zeros(len(batch), dtype=torch.bool)
     selection[torch.randperm(len(batch), generator=gen)[: int(round(selection_fraction * len(batch)))]] = True
@@ -226,7 +230,7 @@ def kernel_reconstructions(model, task="sentiment", *, k: int = 4, n: int = 100,
             agreement=agree.float().mean(-1), gold_accuracy=gold_ok.float().mean(-1),
             model_accuracy=accuracy(model_pred == gold).to_dict(), baselines=baselines,
             selection=select_head_heldout(agree, gold_ok, selection), span=rule,
-            setting={"tokenisation": batch.tokenisation},
+            setting={"tokenisation": batch.tokenisation, "one_class_prompts": one_class},
         )
     return out
 

@@ -30,6 +30,8 @@ def resolve_task(task: str | Task) -> Task:
     file or folder here is an error (say ``./name`` for the local one), never a silent choice."""
     from interp.tasks import BUNDLED_TASKS
 
+    import dataclasses
+
     if isinstance(task, Task):
         return task
     path = Path(task)
@@ -37,16 +39,17 @@ def resolve_task(task: str | Task) -> Task:
         if path.exists() and "/" not in str(task):
             raise ValueError(f"{task!r} is both a bundled task and a {'folder' if path.is_dir() else 'file'} in the working "
                              f"directory: pass ./{task} for the local one, or run from another directory for the bundled task")
-        return load_task(task)
+        return dataclasses.replace(load_task(task), source=f"bundled:{task}")
     if path.is_dir():
-        return load_dataset_dir(path)
+        return dataclasses.replace(load_dataset_dir(path), source=f"folder:{path.resolve()}")
     if path.suffix == ".json" and path.is_file():
         from interp.tasks import load_json_list
 
-        return load_json_list(path)
+        return dataclasses.replace(load_json_list(path), source=f"file:{path.resolve()}")
     if task.endswith(".jsonl") or path.exists():
-        return load_jsonl(task)
-    return load_task(task)
+        return dataclasses.replace(load_jsonl(task), source=f"file:{path.resolve()}")
+    loaded = load_task(task)
+    return dataclasses.replace(loaded, source=loaded.source or f"data:{task}")
 
 
 def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, seed: int = 0, out: str | Path | None = None,
@@ -95,9 +98,9 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
         selection = run.part("selection", lambda: demo_selection(model, task, k=k, n=n, seed=seed, random_result=recon))
         results["demo_selection"] = selection.to_dict()
         sections.append(("Demo selection: random vs most similar", selection.summary(), selection.figures()))
-    from interp.protocol import batch_protocol
+    from interp.protocol import batch_protocol, task_protocol
 
-    protocol = {**batch_protocol(prompts), "kernel_weight": "max", "span_rules": ["block", "input+label"]}
+    protocol = {**task_protocol(task), **batch_protocol(prompts), "kernel_weight": "max", "span_rules": ["block", "input+label"]}
     write_run(out, results, f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections,
               model=model, protocol=protocol)
     return results

@@ -6,6 +6,7 @@ Layout, under the run's output folder ``OUT``::
 
     OUT/parts/args.json           the arguments of the run (JSON); a restart must pass the same ones
     OUT/parts/{name}.safetensors  the result of each finished part (:mod:`analyses.safe_parts`)
+    OUT/parts/digests.json        the SHA-256 of each part as written; a part that no longer matches is recomputed
     OUT/results.json              written at the end, as before (``report.write_json_atomic``)
 
 Usage::
@@ -37,6 +38,7 @@ kill the process between parts (``tests/unit/test_kill_resume.py``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -115,8 +117,9 @@ class ResumableRun:
         self.loaded: list[str] = []
         self.computed: list[str] = []
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stray in self.dir.glob(".*.safetensors-*"):  # temporary files of a write that was killed
-            stray.unlink(missing_ok=True)
+        for pattern in (".*.safetensors-*", ".digests.json-*"):  # temporary files of a write that was killed
+            for stray in self.dir.glob(pattern):
+                stray.unlink(missing_ok=True)
         args_file = self.dir / "args.json"
         if args_file.exists():
             try:
@@ -146,8 +149,12 @@ class ResumableRun:
             warnings.warn(f"{self.dir / (name + '.pkl')} is a pickled part of an earlier version: pickles are never loaded "
                           "(loading one can run code); computing the part again", stacklevel=2)
         if path.exists():
+            blob = path.read_bytes()
+            recorded = self._digests().get(name)
             try:
-                value = loads(path.read_bytes())
+                if recorded is not None and hashlib.sha256(blob).hexdigest() != recorded:
+                    raise ValueError("it does not match the digest recorded when it was saved (changed since)")
+                value = loads(blob)
             except Exception as err:  # tampered, corrupt, or the result class changed since it was saved
                 warnings.warn(f"could not load the saved part {path} ({err}); computing it again", stacklevel=2)
             else:
@@ -156,13 +163,25 @@ class ResumableRun:
                 return value
         self._say(f"part {name}: computing")
         value = compute()
-        _write_atomic(path, dumps(value))
+        blob = dumps(value)
+        _write_atomic(path, blob)
+        _write_atomic(self.dir / "digests.json",
+                      json.dumps({**self._digests(), name: hashlib.sha256(blob).hexdigest()}, indent=2, sort_keys=True).encode())
         self.computed.append(name)
         self._say(f"part {name}: saved to {path}")
         delay = float(os.environ.get(PART_DELAY_ENV) or 0)
         if delay > 0:
             time.sleep(delay)
         return value
+
+    def _digests(self) -> dict:
+        """SHA-256 of every saved part, as recorded when it was written (``parts/digests.json``)."""
+        path = self.dir / "digests.json"
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+        except (ValueError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def summary(self) -> dict:
         """``{"loaded": [...], "computed": [...]}``: the parts of this invocation, for results.json."""

@@ -821,6 +821,8 @@ def build_icl_batch(
     demos = _all_demos(query_list, pool_list, k, rng, same_demos, select)
     demos = [_apply_order(_relabel(d, labels, rng, words, pool_list), order, k) for d in demos]
     lw = None
+    if label_policy is None:
+        label_policy = getattr(task, "label_policy", None)
     if words is not None:
         lw = LabelWords.from_words(tokenizer, words, policy=label_policy,
                                    leading_space=template.space_before_text)

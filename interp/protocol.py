@@ -42,6 +42,22 @@ def model_protocol(model) -> dict:
     }
 
 
+def task_protocol(task) -> dict:
+    """Which task ran: its name, where it was read from, and a SHA-256 of its content (examples,
+    test examples, label words, label policy, template)."""
+    import hashlib
+    import json
+
+    def rows(examples):
+        return None if examples is None else [[e.input, e.output, e.label] for e in examples]
+
+    content = {"examples": rows(task.examples), "test_examples": rows(task.test_examples), "label_words": task.label_words,
+               "label_policy": getattr(task, "label_policy", None), "template": asdict(task.template), "kind": task.kind}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {"task": task.name, "task_source": getattr(task, "source", None), "task_sha256": digest,
+            "label_policy": getattr(task, "label_policy", None)}
+
+
 def template_protocol(template, padding_side: str = "left") -> dict:
     """The prompt format's part of the protocol, from the task's template."""
     return {"tokenisation": template.tokenisation, "template": asdict(template), "padding_side": padding_side}

@@ -55,6 +55,11 @@ class Task:
     #: A separate test split (datasets with train/test files): when set, prompt builders draw the
     #: n queries from it and the demonstrations from ``examples`` (the train split).
     test_examples: list[Example] | None = None
+    #: How multi-token label words are scored when a prompt builder is not told
+    #: (``"first-token"`` / ``"sequence"``; None: single-token words only).
+    label_policy: str | None = None
+    #: Where the task was read from ("bundled:sentiment", "folder:/abs/path", "file:/abs/path").
+    source: str | None = None
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -77,7 +77,7 @@ def test_a_killed_run_resumes_without_recomputing_finished_parts(tmp_path):
 
         # what the killed run left: gd saved whole, nothing half-written
         assert not (out / "results.json").exists() or json.loads((out / "results.json").read_text())
-        assert sorted(p.name for p in (out / "parts").iterdir()) == ["args.json", "gd.safetensors"]
+        assert sorted(p.name for p in (out / "parts").iterdir()) == ["args.json", "digests.json", "gd.safetensors"]
         before = gd.stat()
         gd_bytes = gd.read_bytes()
         digest = hashlib.sha256(gd_bytes).hexdigest()
@@ -90,7 +90,7 @@ def test_a_killed_run_resumes_without_recomputing_finished_parts(tmp_path):
         assert "part gd: loaded" in stderr and "part gd: computing" not in stderr
         results = json.loads((out / "results.json").read_text())
         assert results["resumed_parts"] == {"loaded": ["gd"], "computed": ["algorithms", "probes"]}
-        assert sorted(p.name for p in (out / "parts").iterdir()) == ["algorithms.safetensors", "args.json", "gd.safetensors", "probes.safetensors"]
+        assert sorted(p.name for p in (out / "parts").iterdir()) == ["algorithms.safetensors", "args.json", "digests.json", "gd.safetensors", "probes.safetensors"]
         assert (out / "report.html").exists()
         assert results["trained_vs_gd"] == json.loads(strict_json(loads(gd_bytes).to_dict()))  # gd's numbers: the saved ones
 
@@ -150,10 +150,10 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     run.part("good", lambda: [1, 2, 3])
     with pytest.raises(Exception):
         run.part("bad", lambda: (lambda: None))  # a function is not a result: the save is refused
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["args.json", "good.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["args.json", "digests.json", "good.safetensors"]
     (tmp_path / "parts" / ".good.safetensors-stray").write_bytes(b"half")  # what a write killed mid-way leaves
     assert ResumableRun(tmp_path, {}).part("good", lambda: None) == [1, 2, 3]
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["args.json", "good.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["args.json", "digests.json", "good.safetensors"]
 
 
 def test_a_part_that_no_longer_loads_is_computed_again(tmp_path):
@@ -271,3 +271,12 @@ def test_kernel_icl_vs_gd_and_heads_resume_their_finished_parts(tmp_path, monkey
             assert strip((tmp_path / name / "results.json").read_bytes()) == strip(data)
         else:
             assert (tmp_path / name / "results.json").read_bytes() == data, name
+
+
+def test_a_part_that_no_longer_matches_its_digest_is_named_and_recomputed(tmp_path):
+    from analyses.safe_parts import dumps
+
+    ResumableRun(tmp_path, {}).part("a", lambda: {"accuracy": 0.5})
+    (tmp_path / "parts" / "a.safetensors").write_bytes(dumps({"accuracy": 0.99}))  # a believable fake
+    with pytest.warns(UserWarning, match=r"a.safetensors.*does not match the digest"):
+        assert ResumableRun(tmp_path, {}).part("a", lambda: {"accuracy": 0.5}) == {"accuracy": 0.5}

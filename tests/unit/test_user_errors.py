@@ -24,6 +24,7 @@ def tiny():
 
 def _toy_folder(path, words=("x", "y"), labels=None):
     path.mkdir()
+    (path / "meta.json").write_text(json.dumps({"template": {"space_before_text": False}}))
     inputs = [f"{a}{b} {c}" for a, b, c in zip("abcdefghijklmnopqrst", "bcdefghijklmnopqrstu", "mnopqrstuvwxyzabcdef")]
     labels = labels or [i % 2 for i in range(len(inputs))]
     for split, rows in (("train", range(14)), ("test", range(14, 20))):
@@ -147,3 +148,42 @@ def test_a_diverging_gd_fit_stops_with_the_reason(tiny):
         GDConfig(lr=float("inf"))
     with pytest.raises(ValueError, match="diverged"):
         gd.fit([[3, 4, 5, 6, 7]], [2], GDConfig(params="all", lr=1e30, epochs=3, loss="all"))
+
+
+def test_label_flags_task_source_and_one_class_demo_sets_are_recorded(model_dir, tmp_path):
+    from analyses.kernel_regression import kernel_reconstruction
+    from analyses.kernel_report import resolve_task
+
+    data = _toy_folder(tmp_path / "toy")
+    out = tmp_path / "k"
+    assert cli.main(["kernel", "--model", model_dir, "--task", str(data), "--k", "1", "--n", "6", "--parts", "reconstruction",
+                     "--label-words", "p,q", "--quiet", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    p = res["protocol"]
+    assert p["task_source"] == f"folder:{data.resolve()}" and len(p["task_sha256"]) == 64
+    assert res["reconstruction"]["baselines"] and "p" in json.dumps(res["prompts"]["texts"])  # the prompts show the new words
+    # k=1: every prompt's demo set is one class, which the result and its summary say
+    r = kernel_reconstruction(load_model(make_tiny_llama(n_layers=2), tokenizer=make_char_tokenizer()), resolve_task(str(data)),
+                              k=1, n=6, seed=0)
+    assert r.setting["one_class_prompts"] == 6 and "one class only" in r.summary()
+    assert cli.main(["kernel", "--model", model_dir, "--task", str(data), "--label-words", "p", "--out", str(out)]) == 2
+
+
+def test_concurrent_writers_of_one_results_json_all_succeed(tmp_path):
+    from analyses.report import write_json_atomic
+
+    errors = []
+
+    def write(i):
+        try:
+            write_json_atomic(tmp_path / "results.json", {"run": i, "values": list(range(200))})
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and json.loads((tmp_path / "results.json").read_text())["values"] == list(range(200))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
