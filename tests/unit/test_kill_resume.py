@@ -280,3 +280,63 @@ def test_a_part_that_no_longer_matches_its_digest_is_named_and_recomputed(tmp_pa
     (tmp_path / "parts" / "a.safetensors").write_bytes(dumps({"accuracy": 0.99}))  # a believable fake
     with pytest.warns(UserWarning, match=r"a.safetensors.*does not match the digest"):
         assert ResumableRun(tmp_path, {}).part("a", lambda: {"accuracy": 0.5}) == {"accuracy": 0.5}
+
+
+def _toy_dataset(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"label_words": ["x", "y"], "template": {"space_before_text": False}}))
+    inputs = [f"{a}{b} {c}" for a, b, c in zip("abcdefghijklmnopqrst", "bcdefghijklmnopqrstu", "mnopqrstuvwxyzabcdef")]
+    for split, rows in (("train", range(14)), ("test", range(14, 20))):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for i in rows:
+                f.write(json.dumps({"text": inputs[i], "label": i % 2, "label_name": "xy"[i % 2]}) + "\n")
+    return folder
+
+
+LONG_COMMANDS = {
+    "kernel": (["kernel", "--k", "2", "--n", "6", "--parts", "reconstruction,selection"], "reconstruction", "selection"),
+    "icl-vs-gd": (["icl-vs-gd", "--k", "2", "--n", "4", "--orders", "2", "--orders-n", "3"], "icl_vs_gd", "order_sensitivity"),
+    "heads": (["heads", "--k", "2", "--n", "3", "--scores", "kernel,exact_patching"], "kernel", "exact_patching+attribution_patching"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(LONG_COMMANDS))
+def test_each_long_command_killed_between_parts_resumes(command, tmp_path, tiny_model_dir):
+    """kill -9 after the first part is saved; the same command again loads it (bytes unchanged),
+    computes the rest, and ends with the numbers of an uninterrupted run."""
+    argv, first, second = LONG_COMMANDS[command]
+    data = _toy_dataset(tmp_path / "toy")
+    base = [sys.executable, "-m", "analyses.cli", *argv, "--model", tiny_model_dir, "--task", str(data), "--threads", "1"]
+
+    def start(out, delay=None):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop(PART_DELAY_ENV, None)
+        if delay is not None:
+            env[PART_DELAY_ENV] = str(delay)
+        return subprocess.Popen([*base, "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    out, ref = tmp_path / "run", tmp_path / "uninterrupted"
+    victim = start(out, delay=600)
+    try:
+        saved = out / "parts" / f"{first}.safetensors"
+        deadline = time.monotonic() + 300
+        while not saved.exists():
+            assert victim.poll() is None, f"the run ended before saving {first}:\n{victim.communicate()[1]}"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=60)
+        assert not (out / "parts" / f"{second}.safetensors").exists()
+        digest = hashlib.sha256(saved.read_bytes()).hexdigest()
+        stderr = _finish(start(out))
+        assert hashlib.sha256(saved.read_bytes()).hexdigest() == digest  # loaded, not rewritten
+        assert (out / "parts" / f"{second}.safetensors").exists()
+        _finish(start(ref))
+        got, want = (json.loads((d / "results.json").read_text()) for d in (out, ref))
+        got.pop("seconds", None), want.pop("seconds", None)
+        _assert_same_numbers(got, want)
+        assert "Traceback" not in stderr
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.communicate()
