@@ -141,3 +141,58 @@ def test_the_demo_writes_strict_json_and_a_report_without_nan(hf_smollm2, tmp_pa
     assert res["model_info"]["bos"]["prepend_bos"] is False
     visible = re.sub(r"<script.*?</script>", "", (tmp_path / "report.html").read_text(), flags=re.S)
     assert not re.search(r"\bnan\b", visible, flags=re.I)
+
+
+def test_the_demo_killed_between_parts_resumes(hf_smollm2, tmp_path):
+    """kill -9 after the demo's first part is saved; the same command again loads it (bytes
+    unchanged) and computes the rest; the numbers equal an uninterrupted run's."""
+    import hashlib
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from analyses.resumable import PART_DELAY_ENV
+
+    root = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "-m", "analyses.cli", "demo", "--n", "6", "--parts", "accuracy,kernel", "--threads", "1", "--quiet"]
+
+    def start(out, delay=None):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop(PART_DELAY_ENV, None)
+        if delay is not None:
+            env[PART_DELAY_ENV] = str(delay)
+        return subprocess.Popen([*argv, "--out", str(out)], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(proc):
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+        return err
+
+    out, ref = tmp_path / "run", tmp_path / "uninterrupted"
+    victim = start(out, delay=600)
+    try:
+        saved = out / "parts" / "accuracy.safetensors"
+        deadline = time.monotonic() + 600
+        while not saved.exists():
+            assert victim.poll() is None, victim.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=60)
+        digest = hashlib.sha256(saved.read_bytes()).hexdigest()
+        finish(start(out))
+        assert hashlib.sha256(saved.read_bytes()).hexdigest() == digest
+        finish(start(ref))
+        got, want = (json.loads((d / "results.json").read_text()) for d in (out, ref))
+        assert got["resumed_parts"] == {"loaded": ["accuracy"], "computed": ["kernel"]}
+        for key in ("resumed_parts", "seconds"):
+            got.pop(key), want.pop(key)
+        assert got == want
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.communicate()
