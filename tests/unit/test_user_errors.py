@@ -187,3 +187,18 @@ def test_concurrent_writers_of_one_results_json_all_succeed(tmp_path):
         t.join()
     assert not errors and json.loads((tmp_path / "results.json").read_text())["values"] == list(range(200))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_label_policy_flag_reaches_the_prompts(model_dir, tmp_path, capsys):
+    """Multi-token label words: the error names --label-policy, and with it the command runs and
+    records the policy."""
+    data = _toy_folder(tmp_path / "toy")
+    common = ["kernel", "--model", model_dir, "--task", str(data), "--k", "2", "--n", "6", "--parts", "reconstruction",
+              "--label-words", "xa,yb", "--quiet", "--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert cli.main(common) == 2
+    err = capsys.readouterr().err
+    assert 'label_policy="sequence"' in err and "Traceback" not in err
+    assert cli.main([*common, "--label-policy", "sequence"]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["protocol"]["label_policy"] == "sequence"
