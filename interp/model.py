@@ -116,8 +116,18 @@ class Model:
             "served_by": getattr(self.engine, "served_by", None),
             "architecture": arch.record(config) if arch is not None else {"family": None, "model_type": getattr(config, "model_type", None)},
             "bos": self.bos_policy,
-            "runner": self.runner.description,
+            "runner": self._runner_description(arch),
         }
+
+    def _runner_description(self, arch) -> str:
+        """Which runner serves (or would serve) the fast paths, without building one."""
+        from interp.patching.engine_runner import EngineRunner
+        from interp.patching.runner import DecoderRunner
+
+        built = getattr(self, "_runner", None)
+        if built is not None:
+            return built.description
+        return (DecoderRunner if arch is not None else EngineRunner).description
 
     def kv_head(self, head: int) -> int:
         """Key/value head that query head ``head`` reads (GQA: heads share kv in groups)."""

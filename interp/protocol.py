@@ -33,11 +33,13 @@ def model_protocol(model) -> dict:
 
     hf = model.hf_model
     config = getattr(hf, "config", None)
+    first = next(hf.parameters())
     return {
         "bos": model.bos_policy if hasattr(model, "bos_policy") else None,
-        "dtype": str(next(hf.parameters()).dtype).replace("torch.", ""),
+        "dtype": str(first.dtype).replace("torch.", ""),
         "attn_implementation": getattr(config, "_attn_implementation", None),
-        "weights_sha256": parameter_hash(model),
+        # a model served remotely (NDIF) has no local weights to hash
+        "weights_sha256": None if first.is_meta else parameter_hash(model),
         "versions": package_versions(),
     }
 

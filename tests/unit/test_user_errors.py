@@ -202,3 +202,18 @@ def test_label_policy_flag_reaches_the_prompts(model_dir, tmp_path, capsys):
     assert cli.main([*common, "--label-policy", "sequence"]) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["protocol"]["label_policy"] == "sequence"
+
+
+def test_provenance_and_protocol_need_no_local_weights(tiny):
+    """An NDIF-served model has meta weights: the protocol says the digest is unknown instead of
+    failing after the run, and provenance names the runner without building one."""
+    from types import SimpleNamespace
+
+    from interp.protocol import model_protocol
+
+    with torch.device("meta"):
+        meta = make_tiny_llama(n_layers=2)
+    p = model_protocol(SimpleNamespace(hf_model=meta, bos_policy={"prepend_bos": False}))
+    assert p["weights_sha256"] is None and p["dtype"] == "float32"
+    fresh = load_model(make_tiny_llama(n_layers=2), tokenizer=make_char_tokenizer())
+    assert "fast path" in fresh.provenance()["runner"] and getattr(fresh, "_runner", None) is None
