@@ -62,12 +62,14 @@ def _one_task_run(p: argparse.ArgumentParser, *, k: int, n: int) -> None:
 
 
 def _tokenisation_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tokenisation", choices=("whole-text", "piecewise"), default="whole-text",
+    from interp.prompts import LABEL_POLICIES, TOKENISATIONS
+
+    p.add_argument("--tokenisation", choices=TOKENISATIONS, default="whole-text",
                    help="how prompts become tokens: the whole text at once as the model reads it (default), "
                         "or each piece on its own (the earlier default, for comparison)")
     p.add_argument("--label-words", default=None,
                    help="comma-separated label words of a classification task, one per class in class order")
-    p.add_argument("--label-policy", choices=("first-token", "sequence"), default=None,
+    p.add_argument("--label-policy", choices=LABEL_POLICIES, default=None,
                    help="how multi-token label words are scored: their first token, or all their tokens")
 
 

@@ -103,6 +103,10 @@ def mean_head_outputs(model, batch, *, batch_size: int = 16) -> torch.Tensor:
     return total / len(batch)
 
 
+class NoCorrectPrompts(ValueError):
+    """Todd et al.'s mean over correctly answered clean prompts is undefined: none is answered."""
+
+
 def clean_mean_head_outputs(model, clean, mean_over: str = "correct") -> tuple[torch.Tensor, list[int], torch.Tensor]:
     """(ā [layer, head, d_head], the rows it averages, per-row correctness) over the clean
     prompts: those answered correctly (top-1 = ``target_ids``; Todd et al.) or all."""
@@ -110,7 +114,7 @@ def clean_mean_head_outputs(model, clean, mean_over: str = "correct") -> tuple[t
         right = model.run(clean, logits="final").logits.argmax(-1).cpu() == clean.target_ids.cpu()
     kept = right.nonzero().flatten().tolist() if mean_over == "correct" else list(range(len(clean)))
     if not kept:
-        raise ValueError(f"the model answers none of the {len(clean)} clean {clean.k}-shot prompts correctly, so Todd et al.'s "
+        raise NoCorrectPrompts(f"the model answers none of the {len(clean)} clean {clean.k}-shot prompts correctly, so Todd et al.'s "
                          "mean over correct prompts is undefined: use more demonstrations (k), more clean prompts (n_clean), "
                          "or mean_over='all'")
     return mean_head_outputs(model, clean.select(kept)), kept, right

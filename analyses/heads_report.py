@@ -326,21 +326,18 @@ def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 
         details["patching"] = {"positions": patch_positions, "metric": "gold label logit − mean of the other label logits, final position",
                                "clean_metric": r.exact.clean_metric, "corrupted_metric": r.exact.corrupted_metric,
                                "spearman_exact_vs_attribution": r.spearman}
-    aie = None
+    r = None
     if "aie" in names:
-        from analyses.function_vectors import function_vector_analysis
+        from analyses.function_vectors import NoCorrectPrompts, function_vector_analysis
 
         try:
-            aie = timed("aie", lambda: function_vector_analysis(model, _generation_view(task), k=k, n_clean=n, n_corrupted=n, n_eval=n,
-                                                                n_top_heads=min(10, model.n_layers * model.n_heads), seed=seed,
-                                                                mean_over=fv_mean_over))
-        except ValueError as err:
-            if "answers none" not in str(err):
-                raise
+            r = timed("aie", lambda: function_vector_analysis(model, _generation_view(task), k=k, n_clean=n, n_corrupted=n, n_eval=n,
+                                                              n_top_heads=min(10, model.n_layers * model.n_heads), seed=seed,
+                                                              mean_over=fv_mean_over))
+        except NoCorrectPrompts as err:
             skipped["aie"] = f"undefined: {err}"
             names = tuple(s for s in names if s != "aie")
-    if aie is not None:
-        r = aie
+    if r is not None:
         grids["aie"] = r.aie.tolist()
         details["aie"] = {"n_clean": r.n_clean, "n_corrupted": r.n_corrupted, "n_eval": r.n_eval, "edit_layer": r.edit_layer,
                           "clean_icl": r.clean_icl, "zero_shot": r.zero_shot, "zero_shot_with_fv": r.zero_shot_with_fv,

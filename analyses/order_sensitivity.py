@@ -41,30 +41,30 @@ def _icl_probs(model, batch) -> torch.Tensor:
     return final_logprobs(model, batch).exp()
 
 
-def _bootstrap(icl: torch.Tensor, gd: torch.Tensor | None, reps: int, seed: int) -> tuple[list[float], list[float] | None]:
-    """95% percentile intervals of mean sensitivity (of ``gd`` [orders, n, vocab], or ICL when
-    ``gd`` is None) and of the ICL / GD ratio, resampling orders and queries together (a resample
-    of orders holds at least two distinct ones: a spread over one order is not defined)."""
+def _resamples(n_orders: int, n: int, reps: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``reps`` seeded (orders, queries) index resamples with replacement; a resample of orders
+    holds at least two distinct ones (a spread over one order is not defined).  ICL and every GD
+    setting are measured on the same resamples, so the ratio's interval is paired."""
     g = torch.Generator().manual_seed(seed)
-    n_orders, n = icl.shape[:2]
-    s_vals, r_vals = [], []
+    out = []
     for _ in range(reps):
         o = torch.randint(n_orders, (n_orders,), generator=g)
         while n_orders > 1 and len(set(o.tolist())) < 2:
             o = torch.randint(n_orders, (n_orders,), generator=g)
-        q = torch.randint(n, (n,), generator=g)
-        s_icl = float(gm.order_sensitivity(icl[o][:, q]).mean())
-        if gd is None:
-            s_vals.append(s_icl)
-            continue
-        s_gd = float(gm.order_sensitivity(gd[o][:, q]).mean())
-        s_vals.append(s_gd)
-        r_vals.append(s_icl / s_gd if s_gd > 0 else float("inf"))
-    def ci(values):  # order statistics, no interpolation (a ratio may be inf in a resample)
-        v = sorted(values)
-        return [float(v[int(0.025 * (len(v) - 1))]), float(v[-(int(0.025 * (len(v) - 1))) - 1])]
+        out.append((o, torch.randint(n, (n,), generator=g)))
+    return out
 
-    return ci(s_vals), (ci(r_vals) if gd is not None else None)
+
+def _replicates(probs: torch.Tensor, resamples) -> list[float]:
+    """Mean sensitivity of ``probs`` [orders, n, vocab] on each resample."""
+    return [float(gm.order_sensitivity(probs[o][:, q]).mean()) for o, q in resamples]
+
+
+def _ci(values: list[float]) -> list[float]:
+    """95% percentile interval from order statistics, no interpolation (a ratio may be inf)."""
+    v = sorted(values)
+    i = int(0.025 * (len(v) - 1))
+    return [float(v[i]), float(v[-i - 1])]
 
 
 def seeded_orders(k: int, n_orders: int, seed: int) -> list[list[int]]:
@@ -154,7 +154,9 @@ def order_sensitivity(model, task="sentiment", *, k: int = 8, n: int = 50, seed:
     gd = counterpart or GDCounterpart(model)
     out, gd_ci, ratio, ratio_ci, undefined = {}, {}, {}, {}, {}
     s_icl = float(gm.order_sensitivity(icl).mean())
-    icl_ci, _ = _bootstrap(icl, None, bootstrap, seed)
+    resamples = _resamples(icl.shape[0], icl.shape[1], bootstrap, seed)
+    icl_reps = _replicates(icl, resamples)
+    icl_ci = _ci(icl_reps)
     for b in batch_sizes:
         size = k if b == "full" else int(b)
         cfg = GDConfig(**{**config.to_dict(), "batch_size": size})
@@ -168,7 +170,9 @@ def order_sensitivity(model, task="sentiment", *, k: int = 8, n: int = 50, seed:
         if size >= k:  # one minibatch holds every demo: the order cannot matter
             ratio[key], ratio_ci[key], gd_ci[key], undefined[key] = None, None, None, FULL_BATCH_UNDEFINED
             continue
-        gd_ci[key], ratio_ci[key] = _bootstrap(icl, probs, bootstrap, seed)
+        gd_reps = _replicates(probs, resamples)
+        gd_ci[key] = _ci(gd_reps)
+        ratio_ci[key] = _ci([a / b if b > 0 else float("inf") for a, b in zip(icl_reps, gd_reps)])
         ratio[key] = s_icl / out[key] if out[key] > 0 else None
     gd.reset()
     return OrderSensitivityResult(model.name, task.name, k, len(base), seed, orders, config.to_dict(), s_icl, out, ratio,

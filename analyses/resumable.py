@@ -73,9 +73,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class NoResume:
     """The :class:`ResumableRun` interface when there is no output folder: every part computed."""
 
-    loaded: list = []
-
     def __init__(self):
+        self.loaded: list[str] = []
         self.computed: list[str] = []
 
     def part(self, name: str, compute: Callable[[], T]) -> T:

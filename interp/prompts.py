@@ -32,6 +32,10 @@ if TYPE_CHECKING:  # interp.tasks imports Template from this module
     from interp.tasks import Example, Task
 
 
+Tokenisation = Literal["whole-text", "piecewise"]
+TOKENISATIONS: tuple[str, ...] = ("whole-text", "piecewise")
+
+
 @dataclass(frozen=True)
 class Template:
     """How demonstrations are written.
@@ -51,8 +55,8 @@ class Template:
     tokenisation: str = "whole-text"
 
     def __post_init__(self) -> None:
-        if self.tokenisation not in ("whole-text", "piecewise"):
-            raise ValueError(f"tokenisation must be 'whole-text' or 'piecewise', got {self.tokenisation!r}")
+        if self.tokenisation not in TOKENISATIONS:
+            raise ValueError(f"tokenisation must be one of {TOKENISATIONS}, got {self.tokenisation!r}")
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ def _pad_id(tokenizer: Any) -> int:
 # --------------------------------------------------------------------------------------------
 
 LabelPolicy = Literal["first-token", "sequence"]
-_POLICIES: tuple[str, ...] = ("first-token", "sequence")
+LABEL_POLICIES: tuple[str, ...] = ("first-token", "sequence")
 
 
 @dataclass
@@ -224,7 +228,7 @@ class LabelWords:
         ``"first-token"``).  Raises ValueError for a word outside the vocabulary (unk), a
         multi-token word without a policy, or classes that cannot be told apart.
         """
-        if policy is not None and policy not in _POLICIES:
+        if policy is not None and policy not in LABEL_POLICIES:
             raise ValueError(f"label_policy must be 'first-token', 'sequence' or None, got {policy!r}")
         if len(words) < 2:
             raise ValueError(f"a classification task needs at least 2 label words, got {list(words)}")
@@ -354,10 +358,6 @@ class RowSpans:
         for name in cls._SPANS:
             out[name] = None if data.get(name) is None else Span(*data[name])
         return cls(**out, final=data["final"], pad=data["pad"], length=data["length"])
-
-
-Tokenisation = Literal["whole-text", "piecewise"]
-TOKENISATIONS: tuple[str, ...] = ("whole-text", "piecewise")
 
 
 def token_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:

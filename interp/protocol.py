@@ -68,9 +68,8 @@ def template_protocol(template, padding_side: str = "left") -> dict:
 def batch_protocol(batch) -> dict:
     """The prompts' part of the protocol (an :class:`~interp.prompts.IclBatch`)."""
     return {
-        "tokenisation": batch.tokenisation,
-        "template": asdict(batch.template),
-        "padding_side": batch.padding_side,
+        **template_protocol(batch.template, batch.padding_side),
+        "tokenisation": batch.tokenisation,  # the batch's own: an argument may override the template's
         "label_policy": None if batch.label_words is None else batch.label_words.policy,
         "straddling_tokens": int(sum(batch.straddles)) if batch.straddles else 0,
     }

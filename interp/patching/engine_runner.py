@@ -22,7 +22,7 @@ import torch
 
 from interp.edits import Edit
 from interp.model import position_ids_from_mask
-from interp.patching.runner import EditFn
+from interp.patching.runner import EditFn, RunnerBase
 from interp.sites import Site
 
 
@@ -77,9 +77,10 @@ class _RowsEdit(Edit):
         return [(self.site, apply)]
 
 
-class EngineRunner:
-    """The runner interface (``corrupted_state``, ``run_from``, ``run_tokens``, ``resid_post``,
-    ``run_with_final_resid``) over full forwards of a :class:`~interp.model.Model`."""
+class EngineRunner(RunnerBase):
+    """The runner interface (``corrupted_state``, ``run_from``, ``run_tokens``; ``resid_post`` and
+    ``run_with_final_resid`` from :class:`RunnerBase`) over full forwards of a
+    :class:`~interp.model.Model`."""
 
     path = "engine"
     description = "engine path: full forwards through the engine (the family is outside the architecture table)"
@@ -87,7 +88,6 @@ class EngineRunner:
     def __init__(self, model):
         self.model = model
         self.n_layers = model.n_layers
-        self.layers = range(model.n_layers)  # len() as on the fast path
 
     @torch.no_grad()
     def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EngineState:
@@ -97,23 +97,11 @@ class EngineRunner:
         resid_pre = torch.stack([out.acts[f"blocks.{l}.hook_resid_pre"] for l in range(n)])
         return EngineState(input_ids, resid_pre, out.acts[sites[-1]], out.logits, attention_mask, position_ids_from_mask(attention_mask))
 
-    def resid_post(self, state: EngineState, layer: int) -> torch.Tensor:
-        return state.resid_pre[layer + 1] if layer + 1 < self.n_layers else state.resid_final
-
-    @torch.no_grad()
-    def run_with_final_resid(self, state: EngineState, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        t = state.attention_mask.shape[1]
-        logits = self.run_from(layer + 1, resid[:, None].to(state.resid_pre.dtype), state.attention_mask, state.position_ids[:, -1:],
-                               prefix=state.prefix(t - 1), last_only=True)
-        return logits[:, -1]
-
     def run_from(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
                  prefix: PromptPrefix | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False) -> torch.Tensor:
         """As :meth:`DecoderRunner.run_from`: ``hidden`` enters ``layer`` at the rows after
         ``prefix``; returns the rows' logits."""
-        for l, _, _ in edits:
-            if l < layer:
-                raise ValueError(f"edit at layer {l} cannot apply to a run that starts at layer {layer}")
+        self._check_edit_layers(edits, layer)
         batch, q = hidden.shape[:2]
         start = prefix.length if prefix is not None else 0
         filler = torch.full((batch, q), self.model.pad_token_id, dtype=torch.long, device=hidden.device)

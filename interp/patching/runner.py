@@ -108,7 +108,36 @@ class _Skip(torch.nn.Module):
         return hidden_states
 
 
-class DecoderRunner:
+class RunnerBase:
+    """What both runners derive from ``corrupted_state`` and ``run_from`` (this module's
+    :class:`DecoderRunner`, :class:`interp.patching.engine_runner.EngineRunner`)."""
+
+    n_layers: int
+
+    def resid_post(self, state, layer: int) -> torch.Tensor:
+        """The residual leaving ``layer`` in ``state``: [batch, pos, d_model]."""
+        return state.resid_pre[layer + 1] if layer + 1 < self.n_layers else state.resid_final
+
+    @torch.no_grad()
+    def run_with_final_resid(self, state, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """Final-position logits [batch, vocab] when the residual leaving ``layer`` at the last
+        position (left padding) is set to ``resid`` [batch, d_model]; only that position is
+        recomputed, through layers ``layer + 1``.. (task vectors, function vectors)."""
+        t = state.attention_mask.shape[1]
+        logits = self.run_from(
+            layer + 1, resid[:, None].to(state.resid_pre.dtype), state.attention_mask, state.position_ids[:, -1:],
+            prefix=state.prefix(t - 1), last_only=True,
+        )
+        return logits[:, -1]
+
+    @staticmethod
+    def _check_edit_layers(edits, layer: int) -> None:
+        for l, _, _ in edits:
+            if l < layer:
+                raise ValueError(f"edit at layer {l} cannot apply to a run that starts at layer {layer}")
+
+
+class DecoderRunner(RunnerBase):
     """Fast paths over the plain-PyTorch engine's twin of a model (see the module docstring).
     Built once per :class:`~interp.model.Model` (``model.runner``)."""
 
@@ -143,22 +172,6 @@ class DecoderRunner:
         resid_pre = torch.stack([resid[l] for l in range(n)])
         return CorruptedState(resid_pre, resid[n], keys, values, out.logits, attention_mask, position_ids)
 
-    def resid_post(self, state: CorruptedState, layer: int) -> torch.Tensor:
-        """The residual leaving ``layer`` in ``state``: [batch, pos, d_model]."""
-        return state.resid_pre[layer + 1] if layer + 1 < len(self.layers) else state.resid_final
-
-    @torch.no_grad()
-    def run_with_final_resid(self, state: CorruptedState, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        """Final-position logits [batch, vocab] when the residual leaving ``layer`` at the last
-        position (left padding) is set to ``resid`` [batch, d_model]; only that position is
-        recomputed, through layers ``layer + 1``.. (task vectors, function vectors)."""
-        t = state.attention_mask.shape[1]
-        logits = self.run_from(
-            layer + 1, resid[:, None].to(state.resid_pre.dtype), state.attention_mask, state.position_ids[:, -1:],
-            prefix=state.prefix(t - 1), last_only=True,
-        )
-        return logits[:, -1]
-
     def run_from(
         self,
         layer: int,
@@ -179,9 +192,7 @@ class DecoderRunner:
         :mod:`interp.sites` at a layer ≥ ``layer``.  ``last_only``: unembed only the last row and
         return [batch, 1, vocab].
         """
-        for l, hook, _ in edits:
-            if l < layer:
-                raise ValueError(f"edit at layer {l} cannot apply to a run that starts at layer {layer}")
+        self._check_edit_layers(edits, layer)
         if layer == len(self.layers):  # past the last layer: the final norm and the unembedding
             self._check_mask(hidden.shape[:2], attention_mask, prefix)
             return self.head(hidden[:, -1:] if last_only else hidden)
