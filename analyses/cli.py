@@ -7,7 +7,8 @@
     icl-interp linreg train --model lsa --d 10 --n-points 11 --steps 1000 --out out/linreg/lsa
     icl-interp linreg analyze --checkpoint lsa-d10-n10 --out out/linreg/lsa-analysis
     icl-interp heads --task sentiment --k 4 --n 8 --out out/heads    every per-head score side by side
-    icl-interp demo                                  the main job on the embedded model
+    icl-interp compare --models smollm2-135m gemma3-270m --task sentiment --out out/compare
+    icl-interp demo                                  the main job on both embedded models
 
 The commands that load a language model take ``--device cuda`` (default cpu) and ``--remote``
 (a Hugging Face hub id run through nnsight on NDIF, e.g. ``--model meta-llama/Llama-3.1-8B --remote``).
@@ -23,13 +24,15 @@ from pathlib import Path
 from analyses.report import strict_json, write_json_atomic
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder or Hugging Face id")
+def _common(p: argparse.ArgumentParser, *, model: bool = True, model_default: str | None = "smollm2-135m") -> None:
+    if model:
+        p.add_argument("--model", default=model_default, help="embedded name (smollm2-135m, gemma3-270m), local folder or Hugging Face id")
     p.add_argument("--engine", default=None, choices=["transformer-lens", "nnsight"],
                    help="default transformer-lens; nnsight with --remote")
     p.add_argument("--device", default=None, help="torch device for the model: cpu (default), cuda, cuda:1, ...")
-    p.add_argument("--remote", action="store_true",
-                   help="run through nnsight on NDIF (--model must be a Hugging Face hub model id; implies --engine nnsight)")
+    if model:
+        p.add_argument("--remote", action="store_true",
+                       help="run through nnsight on NDIF (--model must be a Hugging Face hub model id; implies --engine nnsight)")
     p.add_argument("--threads", type=_count(1), default=None, help="torch threads (pin for bit-reproducible runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -108,7 +111,7 @@ def _placement(parser: argparse.ArgumentParser, args) -> None:
             parser.error("--remote runs through nnsight on NDIF: use --engine nnsight (or leave --engine out)")
         if args.device is not None:
             parser.error("--device places a local model; with --remote the model runs on NDIF's machines")
-        if args.model in EMBEDDED_MODELS or Path(args.model).exists():
+        if args.model is None or args.model in EMBEDDED_MODELS or Path(args.model).exists():
             parser.error(f"--remote needs a Hugging Face hub model id that NDIF serves (e.g. meta-llama/Llama-3.1-8B), "
                          f"not the embedded or local model {args.model!r}")
     args.engine = args.engine or ("nnsight" if args.remote else "transformer-lens")
@@ -233,11 +236,26 @@ def cmd_heads(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from analyses.demo import run_demo
+def cmd_compare(args) -> int:
+    from analyses.model_comparison import compare_models
 
     _setup(args)
-    run_demo(model_name=args.model, engine=args.engine, out=Path(args.out), n=args.n, progress=not args.quiet,
+    result = compare_models(args.models, _task(args), parts=[p for p in args.parts.split(",") if p], ks=args.ks, k=args.k, n=args.n,
+                            gd_n=args.gd_n, orders_n=args.orders_n, n_orders=args.n_orders, heads_n=args.heads_n, seed=args.seed,
+                            engine=args.engine, device=args.device, progress=not args.quiet, out=args.out)
+    print(result.summary())
+    print(f"wrote {args.out}/results.json and {args.out}/report.html")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from analyses.demo import DEMO_MODELS, run_demo
+
+    _setup(args)
+    if args.model and args.models:
+        raise ValueError("pass either --model (one model) or --models (several), not both")
+    models = args.models or ([args.model] if args.model else list(DEMO_MODELS))
+    run_demo(models=models, engine=args.engine, out=Path(args.out), n=args.n, progress=not args.quiet,
              device=args.device, remote=args.remote, parts=[p for p in args.parts.split(",") if p])
     return 0
 
@@ -327,8 +345,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/heads")
     p.set_defaults(func=cmd_heads)
 
-    p = sub.add_parser("demo", help="the main job on the embedded model")
-    _common(p)
+    p = sub.add_parser("compare", help="the same seeded protocol on several models, side by side, with where they disagree")
+    _common(p, model=False)
+    p.add_argument("--models", nargs="+", required=True, help="two or more models, each as --model accepts (e.g. smollm2-135m gemma3-270m)")
+    _one_task_run(p, k=4, n=40)
+    p.add_argument("--ks", type=_count(0), nargs="+", default=[0, 1, 2, 4, 8], help="k of the accuracy curve (on --n queries)")
+    p.add_argument("--gd-n", type=_count(1), default=16, help="queries of the ICL-vs-GD part")
+    p.add_argument("--orders-n", type=_count(1), default=12, help="queries of the order-sensitivity part")
+    p.add_argument("--n-orders", type=_count(2), default=3, help="demo orders of the order-sensitivity part")
+    p.add_argument("--heads-n", type=_count(1), default=8, help="queries of the head-scores part")
+    p.add_argument("--parts", default="accuracy,kernel,icl_vs_gd,orders,heads",
+                   help="comma-separated subset of accuracy,kernel,icl_vs_gd,orders,heads")
+    p.add_argument("--out", default="out/compare")
+    p.set_defaults(func=cmd_compare, remote=False)
+
+    p = sub.add_parser("demo", help="the main job on the embedded models")
+    _common(p, model_default=None)
+    p.add_argument("--models", nargs="+", default=None,
+                   help="the models to run it on (default: both embedded models, smollm2-135m gemma3-270m); --model: just one")
     p.add_argument("--n", type=_count(1), default=24, help="queries per task for the accuracy curve (other parts use n/3)")
     p.add_argument("--parts", default="accuracy,kernel,icl_vs_gd,heads,linreg", help="comma-separated subset of the demo's parts")
     p.add_argument("--out", default="out/demo")

@@ -1,7 +1,8 @@
-"""The main job on the embedded model: what ``make demo`` / ``icl-interp demo`` runs.
+"""The main job on the embedded models: what ``make demo`` / ``icl-interp demo`` runs.
 
 Every analysis of the toolkit once, small enough for a 2-core CPU in a few minutes, with no
-network, each part calling the same function as its own CLI command and notebook:
+network, each part calling the same function as its own CLI command and notebook, on each model
+(by default both embedded ones, SmolLM2-135M-Instruct and Gemma 3 270M):
 
 1. ``accuracy``  ICL accuracy against k on two bundled tasks (:mod:`analyses.icl_accuracy`);
 2. ``kernel``    the attention-as-kernel reconstruction head map and the best head chosen on a
@@ -12,7 +13,8 @@ network, each part calling the same function as its own CLI command and notebook
 4. ``heads``     the head-attribution ranking: kernel agreement, exact and attribution patching,
    induction / previous-token and dual-form scores side by side (:mod:`analyses.heads_report`);
 5. ``linreg``    the linear-regression lab's GD check on its shipped checkpoints
-   (:mod:`analyses.linreg_gd_check`, :mod:`analyses.linreg_algorithms`).
+   (:mod:`analyses.linreg_gd_check`, :mod:`analyses.linreg_algorithms`), once;
+6. the comparison across the models, the report's last section (:mod:`analyses.model_comparison`).
 
 Parts are saved under ``out/parts/`` as they finish (:class:`analyses.resumable.ResumableRun`):
 a killed demo started again with the same arguments resumes.  ``out/results.json`` (atomic) holds
@@ -28,6 +30,7 @@ from typing import Sequence
 from analyses.report import write_run
 from analyses.resumable import ResumableRun
 
+DEMO_MODELS = ("smollm2-135m", "gemma3-270m")
 DEMO_TASKS = ("country-capital", "sentiment")
 DEMO_KS = (0, 1, 2, 4, 8)
 PARTS = ("accuracy", "kernel", "icl_vs_gd", "heads", "linreg")
@@ -81,7 +84,7 @@ def _linreg(seed):
     lsa = load_shipped("lsa-d10-n10")[0]
     gpt = load_shipped("gpt-d5-n20")[0]
     return {"lsa": trained_vs_gd(lsa, ood_scales=(0.5, 1.0, 2.0)),
-            "gpt": which_algorithm({"softmax GPT": gpt}, 5, list(range(5, 11)), n_tasks=256, seed=seed, learners=("ols", "gd", "knn"))}
+            "gpt": which_algorithm({"softmax GPT": gpt}, 5, list(range(5, 11)), n_tasks=96, seed=seed, learners=("ols", "gd", "knn"))}
 
 
 def _linreg_text(r: dict) -> str:
@@ -97,57 +100,90 @@ def _linreg_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens", out: Path = Path("out/demo"), n: int = 24,
-             seed: int = 0, progress: bool = True, device: str | None = None, remote: bool = False,
-             parts: Sequence[str] = PARTS) -> dict:
-    """Run the demo ``parts`` into ``out``; returns what results.json holds.
+def _model_parts(model, run, parts, n, seed, progress, seconds) -> tuple[dict, list, object]:
+    """The per-model parts of the demo on one loaded model: (data, report sections, ModelRuns)."""
+    from analyses.model_comparison import ModelRuns
 
-    ``n``: queries per task for the accuracy curve (the other parts use n/2 to n/3);
-    ``device`` places the model (cpu by default, cuda, ...); ``remote`` runs a hub model through
-    nnsight on NDIF (``engine="nnsight"``); both go to :func:`interp.load_model`.
-    """
-    from interp import load_model
-
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise ValueError(f"unknown demo parts {unknown}; choose from {list(PARTS)}")
-    start = time.time()
-    model = load_model(model_name, engine=engine, device=device, remote=remote)
-    run = ResumableRun(out, {"model": model_name, "engine": engine, "n": n, "seed": seed, "device": device, "remote": remote},
-                       progress=progress)
-    seconds: dict = {}
+    tag = model.name.replace("/", "_")
     setting = f"{model.name}, seed {seed}"
-    sections, data = [], {"model": model.name, "engine": engine, "seed": seed, "n": n}
+    sections, data = [], {}
+    runs = ModelRuns(name=model.name, n_layers=model.n_layers)
+    secs = seconds.setdefault(model.name, {})
     if "accuracy" in parts:
-        acc = run.part("accuracy", _timed(seconds, "accuracy", lambda: _accuracy(model, n, seed, progress)))
+        acc = run.part(f"{tag}.accuracy", _timed(secs, "accuracy", lambda: _accuracy(model, n, seed, progress)))
         table = format_table(acc)
         print(table)
         data["icl_accuracy"] = {t: r.to_dict() for t, r in acc.items()}
+        runs.accuracy = acc["sentiment"]
         sections.append((f"ICL accuracy vs k — {setting}", table, [f for r in acc.values() for f in r.figures()]))
     if "kernel" in parts:
         from analyses.kernel_regression import kernel_reconstruction
 
-        kr = run.part("kernel", _timed(seconds, "kernel", lambda: kernel_reconstruction(model, "sentiment", k=4, n=n, seed=seed,
-                                                                                        progress=progress)))
+        kr = run.part(f"{tag}.kernel", _timed(secs, "kernel", lambda: kernel_reconstruction(model, "sentiment", k=4, n=n, seed=seed,
+                                                                                            progress=progress)))
         print(kr.summary())
         data["kernel"] = kr.to_dict()
-        sections.append(("Attention as kernel regression (Han et al.)", kr.summary(), kr.figures()[:1]))
+        runs.kernel = kr
+        sections.append((f"Attention as kernel regression (Han et al.) — {setting}", kr.summary(), kr.figures()[:1]))
     if "icl_vs_gd" in parts:
-        gd = run.part("icl_vs_gd", _timed(seconds, "icl_vs_gd", lambda: _icl_vs_gd(model, max(4, n // 3), seed, progress)))
+        gd = run.part(f"{tag}.icl_vs_gd", _timed(secs, "icl_vs_gd", lambda: _icl_vs_gd(model, max(4, n // 3), seed, progress)))
         text = "\n\n".join([gd["dai"].summary(), gd["shen"].summary(), gd["orders"].summary()])
         print(text)
         data["icl_vs_gd"] = {name: r.to_dict() for name, r in gd.items()}
-        sections.append(("Is ICL gradient descent? Dai et al.'s setting, Shen et al.'s, and order sensitivity", text,
+        runs.gd, runs.orders = {"dai": gd["dai"], "shen": gd["shen"]}, gd["orders"]
+        sections.append((f"Is ICL gradient descent? Dai et al.'s setting, Shen et al.'s, and order sensitivity — {setting}", text,
                          [gd["dai"].figures()[0], *gd["orders"].figures()]))
     if "heads" in parts:
         from analyses.heads_report import head_scores
 
-        hs = run.part("heads", _timed(seconds, "heads", lambda: head_scores(model, "sentiment", k=4, n=max(4, n // 3), seed=seed,
-                                                                            scores=HEAD_SCORES, progress=progress)))
+        hs = run.part(f"{tag}.heads", _timed(secs, "heads", lambda: head_scores(model, "sentiment", k=4, n=max(4, n // 3), seed=seed,
+                                                                                scores=HEAD_SCORES, progress=progress)))
         print(hs.rankings_text(top=5))
         data["heads"] = hs.to_dict()
-        sections.append(("Head attribution: every per-head score side by side", hs.rankings_text(top=5) + "\n\n" + hs.correlations_text(),
-                         hs.figures()))
+        runs.heads = hs
+        sections.append((f"Head attribution: every per-head score side by side — {setting}",
+                         hs.rankings_text(top=5) + "\n\n" + hs.correlations_text(), hs.figures()))
+    return data, sections, runs
+
+
+def run_demo(models: Sequence[str] = DEMO_MODELS, engine: str = "transformer-lens", out: Path = Path("out/demo"), n: int = 24,
+             seed: int = 0, progress: bool = True, device: str | None = None, remote: bool = False,
+             parts: Sequence[str] = PARTS) -> dict:
+    """Run the demo ``parts`` on each of ``models`` into ``out``; returns what results.json holds.
+
+    ``models``: embedded names by default (both), or any models :func:`interp.load_model` accepts;
+    with two or more, the report ends with their comparison (:mod:`analyses.model_comparison`:
+    where they disagree beyond the 95% intervals).  ``n``: queries per task for the accuracy curve
+    (the other parts use n/2 to n/3); ``device`` places each model (cpu by default, cuda, ...);
+    ``remote`` runs a hub model through nnsight on NDIF (``engine="nnsight"``); both go to
+    :func:`interp.load_model`.  Models are loaded one at a time.
+    """
+    from analyses.model_comparison import compare_runs
+    from interp import load_model
+    from interp.embedded import notice
+    from interp.protocol import model_protocol
+    from interp.prompts import Template
+
+    models = [models] if isinstance(models, str) else list(models)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown demo parts {unknown}; choose from {list(PARTS)}")
+    if not models or len(set(models)) != len(models):
+        raise ValueError(f"the demo needs one or more distinct models, got {models}")
+    start = time.time()
+    run = ResumableRun(out, {"models": models, "engine": engine, "n": n, "seed": seed, "device": device, "remote": remote},
+                       progress=progress)
+    seconds: dict = {}
+    sections, data = [], {"models": models, "engine": engine, "seed": seed, "n": n, "per_model": {}}
+    infos, protocols, all_runs = {}, {}, []
+    for name in models:
+        model = load_model(name, engine=engine, device=device, remote=remote)
+        per_model, model_sections, runs = _model_parts(model, run, parts, n, seed, progress, seconds)
+        data["per_model"][model.name] = per_model
+        sections.extend(model_sections)
+        all_runs.append(runs)
+        infos[model.name], protocols[model.name] = model.provenance(), model_protocol(model)
+        del model
     if "linreg" in parts:
         lr = run.part("linreg", _timed(seconds, "linreg", lambda: _linreg(seed)))
         text = _linreg_text(lr)
@@ -155,13 +191,22 @@ def run_demo(model_name: str = "smollm2-135m", engine: str = "transformer-lens",
         data["linreg"] = {name: r.to_dict() for name, r in lr.items()}
         sections.append(("Linear-regression lab: trained transformers against gradient descent", text,
                          [lr["lsa"].figures()[0], lr["gpt"].figures()[-1]]))
+    if len(all_runs) > 1 and {"accuracy", "kernel", "icl_vs_gd", "heads"} & set(parts):
+        comparison = compare_runs(all_runs, "sentiment", {"seed": seed, "k": 4, "note": "the demo's own parts, sentiment, side by side"})
+        print(comparison.summary())
+        data["comparison"] = comparison.to_dict()
+        sections.append((f"Comparison across models: {', '.join(comparison.models)} (last section)",
+                         comparison.summary() + "\n\n" + comparison.table_text(), comparison.figures()))
+    notices = sorted({t for t in (notice(m) for m in models) if t})
+    if notices:  # first, where the models are named
+        data["notices"] = notices
+        sections.insert(0, ("Licences of the models", "\n".join(notices), []))
     data["resumed_parts"] = run.summary()
     data["seconds"] = {"total": round(time.time() - start, 1), **seconds}
-    from interp.prompts import Template
-
-    protocol = {"parts": list(parts), "tokenisation": Template().tokenisation,
-                "note": "each part's prompts use its task's template (see the part's own fields)"}
-    write_run(out, data, f"icl-interp demo — {model.name}", sections, model=model, protocol=protocol)
+    data["model_info"] = infos
+    data["protocol"] = {"models": protocols, "parts": list(parts), "tokenisation": Template().tokenisation,
+                        "note": "each part's prompts use its task's template (see the part's own fields)"}
+    write_run(out, data, f"icl-interp demo — {', '.join(models)}", sections)
     print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'} ({data['seconds']['total']} s)")
     return data
 

@@ -98,7 +98,7 @@ def mean_head_outputs(model, batch, *, batch_size: int = 16) -> torch.Tensor:
     total = torch.zeros(model.n_layers, model.n_heads, model.d_head)
     for sub in minibatches(batch, batch_size):
         with torch.no_grad():
-            acts = model.run(sub, capture=[Capture("attn.hook_z", positions="final")]).acts
+            acts = model.run(sub, capture=[Capture("attn.hook_z", positions="final")], logits="final").acts
         total += acts.stack("attn.hook_z")[:, :, 0].sum(1).float().cpu()
     return total / len(batch)
 

@@ -82,16 +82,18 @@ def rec2ftp(zs_correct: torch.Tensor, ft_correct: torch.Tensor, icl_correct: tor
     return 100.0 * int((fixed_by_ft & icl_correct.bool()).sum()) / denom
 
 
-def simaou(h_icl: torch.Tensor, h_zs: torch.Tensor, h_ft: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
+def simaou(h_icl: torch.Tensor, h_zs: torch.Tensor, h_ft: torch.Tensor, eps: float = 1e-20, per_example: bool = False) -> torch.Tensor:
     """SimAOU per layer [layer]: mean over examples of cos(ĥ_ICL − ĥ_ZS, ĥ_FT − ĥ_ZS).
 
     Inputs [n, layer, d]: attention-sublayer outputs at the recorded position; each is normalised
-    ĥ = h / max(‖h‖, eps) before differencing.  The overall score is the mean of the result."""
+    ĥ = h / max(‖h‖, eps) before differencing.  The overall score is the mean of the result.
+    ``per_example``: the cosines [n, layer] before the mean over examples (for intervals)."""
     for name, t in (("h_icl", h_icl), ("h_zs", h_zs), ("h_ft", h_ft)):
         _check_ndim(name, t, 3, "[n, layer, d]")
     _check_same_shape(h_icl=h_icl, h_zs=h_zs, h_ft=h_ft)
     z = _unit(h_zs, eps)
-    return _cosine(_unit(h_icl, eps) - z, _unit(h_ft, eps) - z).mean(0)
+    cos = _cosine(_unit(h_icl, eps) - z, _unit(h_ft, eps) - z)
+    return cos if per_example else cos.mean(0)
 
 
 def simaou_random_baseline(h_icl: torch.Tensor, h_zs: torch.Tensor, generator: torch.Generator | None = None,
@@ -123,7 +125,8 @@ def _as_examples(name: str, a: AttentionScores) -> list[torch.Tensor]:
     return examples
 
 
-def simam(a_icl: AttentionScores, a_other: AttentionScores, a_zs: AttentionScores | None = None) -> torch.Tensor:
+def simam(a_icl: AttentionScores, a_other: AttentionScores, a_zs: AttentionScores | None = None,
+          per_example: bool = False) -> torch.Tensor:
     """SimAM per layer [layer]: cosine over the token axis, mean over heads, then over examples.
 
     ``a_*`` are raw attention logits (q·k, pre-softmax) of the recorded position over the query-part
@@ -135,7 +138,8 @@ def simam(a_icl: AttentionScores, a_other: AttentionScores, a_zs: AttentionScore
     In the update-based form a head whose ICL or other update is float noise (‖A − A_ZS‖ ≤
     ``NOISE_FLOOR`` · ‖A_ZS‖; layer 0 of a rotary model, whose query-part scores cannot see the
     demonstrations) has no direction: it is left out of the mean over heads (nan when a layer has
-    none left) instead of contributing the cosine of rounding errors."""
+    none left) instead of contributing the cosine of rounding errors.  ``per_example``: the values
+    [n, layer] before the mean over examples (for intervals)."""
     icl, other = _as_examples("a_icl", a_icl), _as_examples("a_other", a_other)
     zs = _as_examples("a_zs", a_zs) if a_zs is not None else None
     if len(icl) != len(other) or (zs is not None and len(zs) != len(icl)):
@@ -143,7 +147,7 @@ def simam(a_icl: AttentionScores, a_other: AttentionScores, a_zs: AttentionScore
                          f"{'' if zs is None else f', a_zs {len(zs)}'}): pass the same examples to each")
     if not icl:
         raise ValueError("no examples: pass at least one")
-    per_example = []
+    rows = []
     for i, (x, y) in enumerate(zip(icl, other)):
         if zs is None:
             _check_same_shape(**{f"a_icl[{i}]": x, f"a_other[{i}]": y})
@@ -153,10 +157,13 @@ def simam(a_icl: AttentionScores, a_other: AttentionScores, a_zs: AttentionScore
             x, y = x - zs[i], y - zs[i]
             cos = _cosine(x, y)
             noise = (x.norm(dim=-1) <= NOISE_FLOOR * base) | (y.norm(dim=-1) <= NOISE_FLOOR * base)
-            per_example.append(cos.masked_fill(noise, float("nan")).nanmean(-1))  # [layer]
+            rows.append(cos.masked_fill(noise, float("nan")).nanmean(-1))  # [layer]
             continue
-        per_example.append(_cosine(x, y).mean(-1))  # [layer]
-    return torch.stack(per_example).nanmean(0) if zs is not None else torch.stack(per_example).mean(0)
+        rows.append(_cosine(x, y).mean(-1))  # [layer]
+    values = torch.stack(rows)
+    if per_example:
+        return values
+    return values.nanmean(0) if zs is not None else values.mean(0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,17 +206,18 @@ def kendall_tau(icl_attention: torch.Tensor, gd_attention: torch.Tensor) -> floa
     return float(res[0])
 
 
-def kendall_by_layer(icl: torch.Tensor, gd: torch.Tensor) -> torch.Tensor:
+def kendall_by_layer(icl: torch.Tensor, gd: torch.Tensor, per_example: bool = False) -> torch.Tensor:
     """Mean Kendall τ_b per layer [layer] (float64) over examples; NaN taus are ignored (nanmean).
 
-    ``icl``, ``gd`` [n, layer, T]: per example and layer, the two attention vectors over tokens."""
+    ``icl``, ``gd`` [n, layer, T]: per example and layer, the two attention vectors over tokens.
+    ``per_example``: the taus [n, layer] before the mean (for intervals)."""
     for name, t in (("icl", icl), ("gd", gd)):
         _check_ndim(name, t, 3, "[n, layer, T]")
     _check_same_shape(icl=icl, gd=gd)
     n, n_layers, _ = icl.shape
     taus = torch.tensor([[kendall_tau(icl[i, l], gd[i, l]) for l in range(n_layers)] for i in range(n)],
                         dtype=torch.float64).reshape(n, n_layers)
-    return taus.nanmean(0)
+    return taus if per_example else taus.nanmean(0)
 
 
 # --------------------------------------------------------------------------------------------

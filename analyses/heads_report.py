@@ -245,7 +245,7 @@ def _generation_view(task):
     return dataclasses.replace(task, kind="generation", label_words=None)
 
 
-def _label_words_ok(model, task, k: int, n: int, seed: int) -> str | None:
+def label_word_scores_blocked(model, task, k: int, n: int, seed: int) -> str | None:
     """Why the label-word scores cannot run on ``task`` (None when they can)."""
     if task.kind != "classification":
         return "needs a classification task (label words); this is a word task"
@@ -294,7 +294,7 @@ def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 
     skipped: dict[str, str] = {}
     if names is None:
         names = DEFAULT_SCORES
-        why = _label_words_ok(model, task, k, n, seed)
+        why = label_word_scores_blocked(model, task, k, n, seed)
         if why is not None:
             skipped = {s: why for s in LABEL_WORD_SCORES}
             names = tuple(s for s in names if s not in LABEL_WORD_SCORES)

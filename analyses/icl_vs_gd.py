@@ -36,7 +36,7 @@ from analyses import gd_metrics as gm
 from interp.capture import Capture
 from interp.finetune import GDConfig, GDCounterpart, demo_sequences, parameter_hash
 from interp.prompts import build_icl_batch
-from interp.scoring import accuracy, minibatches
+from interp.scoring import accuracy, bootstrap_mean_interval, minibatches
 
 Record = Literal["label", "final"]
 
@@ -184,6 +184,8 @@ class IclVsGdResult:
     fit_losses: list[float]
     prompts: dict = field(default_factory=dict, repr=False)
     model_hash_unchanged: bool = True
+    per_query: dict = field(default_factory=dict, repr=False)  # name -> [query] the metric averaged over layers
+    intervals: dict = field(default_factory=dict)  # name -> 95% bootstrap interval over queries of its mean (None: < 2 values)
 
     REC2FTP_UNDEFINED = "undefined: GD fixes no example zero-shot gets wrong"
 
@@ -323,14 +325,16 @@ def icl_vs_gd(model, task="sentiment", *, k: int = 8, n: int = 100, seed: int = 
         preds = {name: (lp.argmax(-1), lp.argmax(-1) == gold) for name, lp in scored.items()}
     else:
         preds = {name: _predictions(s.logprobs, ref.zs_b) for name, s in (("zs", zs), ("icl", icl), ("gd", ft))}
-    per_layer = {
-        "simaou": gm.simaou(icl.attn_out, zs.attn_out, ft.attn_out).tolist(),
-        "simaou_random": gm.simaou_random_baseline(icl.attn_out, zs.attn_out, generator=torch.Generator().manual_seed(seed)).tolist(),
-        "simam_gd": gm.simam(icl.query_scores, ft.query_scores).tolist(),
-        "simam_zs": gm.simam(icl.query_scores, zs.query_scores).tolist(),
-        "simam_update": gm.simam(icl.query_scores, ft.query_scores, zs.query_scores).tolist(),
+    examples = {  # [query, layer]
+        "simaou": gm.simaou(icl.attn_out, zs.attn_out, ft.attn_out, per_example=True),
+        "simam_gd": gm.simam(icl.query_scores, ft.query_scores, per_example=True),
+        "simam_zs": gm.simam(icl.query_scores, zs.query_scores, per_example=True),
+        "simam_update": gm.simam(icl.query_scores, ft.query_scores, zs.query_scores, per_example=True),
     }
-    per_layer.update(_kendall(icl, ft, fit, ref.seqs, ref.icl_b, min(kendall_n, len(ref.icl_b)), seed))
+    examples.update(_kendall(icl, ft, fit, ref.seqs, ref.icl_b, min(kendall_n, len(ref.icl_b)), seed))
+    per_layer = {name: (v.nanmean(0) if name in ("simam_update", "kendall", "kendall_random") else v.mean(0)).tolist()
+                 for name, v in examples.items()}
+    per_layer["simaou_random"] = gm.simaou_random_baseline(icl.attn_out, zs.attn_out, generator=torch.Generator().manual_seed(seed)).tolist()
     probs = {name: s.logprobs.exp() for name, s in (("icl", icl), ("gd", ft), ("re", reo))}
     m = len(ref.re_b)
     distributions = {
@@ -344,7 +348,12 @@ def icl_vs_gd(model, task="sentiment", *, k: int = 8, n: int = 100, seed: int = 
         "reorder_n": m,
         "reorder_permutation": ref.perm,
     }
+    # per query: the metric averaged over layers (NaN layers left out), and the per-query distribution scores
+    per_query = {name: v.float().nanmean(-1).tolist() for name, v in examples.items() if not name.endswith("_random")}
+    per_query.update({"overlap_gd": gm.token_overlap(probs["icl"], probs["gd"]).tolist(), "ocs_gd": gm.overlap_cosine(probs["icl"], probs["gd"]).tolist(),
+                      "kl_gd": gm.kl_divergence(icl.logprobs, ft.logprobs).tolist()})
     return IclVsGdResult(
+        per_query=per_query, intervals={name: bootstrap_mean_interval(v, seed=seed) for name, v in per_query.items()},
         model=model.name, task=ref.task.name, k=ref.k, n=len(ref.icl_b), seed=ref.seed, config=config.to_dict(), record=ref.record,
         accuracy={name: accuracy(c).to_dict() for name, (_, c) in preds.items()},
         rec2ftp=gm.rec2ftp(preds["zs"][1], preds["gd"][1], preds["icl"][1]),
@@ -365,12 +374,12 @@ def _kendall(icl: SideRun, ft: SideRun, fit, seqs, icl_b, n_k: int, seed: int) -
     aligned = all(ids0[b].tolist() == seqs[i][len(seqs[i]) - len(b):] for i, b in enumerate(blocks))
     n_layers = icl.attn_out.shape[1]
     if not aligned:
-        nan = [float("nan")] * n_layers
+        nan = torch.full((1, n_layers), float("nan"), dtype=torch.float64)
         return {"kendall": nan, "kendall_random": nan}
     icl_att = torch.softmax(icl.demo_scores[:n_k], -1)  # [n, layer, T]
     gd_att = torch.stack([
         torch.stack([gm.training_token_attention(ft.q_flat[j, l], torch.cat([q[-len(b):] for q, b in zip(fit.train_queries[l], blocks)]))
                      for l in range(n_layers)]) for j in range(n_k)])
     gen = torch.Generator().manual_seed(seed)
-    return {"kendall": gm.kendall_by_layer(icl_att, gd_att).tolist(),
-            "kendall_random": gm.kendall_by_layer(icl_att, torch.rand(icl_att.shape, generator=gen)).tolist()}
+    return {"kendall": gm.kendall_by_layer(icl_att, gd_att, per_example=True),
+            "kendall_random": gm.kendall_by_layer(icl_att, torch.rand(icl_att.shape, generator=gen), per_example=True)}

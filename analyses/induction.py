@@ -71,7 +71,7 @@ def induction_scores(model, *, n_repeat: int = 50, n_sequences: int = 8, seed: i
     for start in range(0, n_sequences, batch_size):
         chunk = tokens[start:start + batch_size]
         with torch.no_grad():
-            acts = model.run(chunk, capture=[Capture("attn.hook_pattern")]).acts
+            acts = model.run(chunk, capture=[Capture("attn.hook_pattern")], logits="final").acts
         for l in range(model.n_layers):
             a = acts[f"blocks.{l}.attn.hook_pattern"].float()  # [b, h, q, k]
             sums_ind[l] += a[:, :, q, q - n_repeat + 1].mean(-1).sum(0)
@@ -100,7 +100,7 @@ def head_detection_scores(
     }[kind]
     detection = pattern_fn(tokens)
     with torch.no_grad():
-        acts = model.run(tokens, capture=[Capture("attn.hook_pattern")]).acts
+        acts = model.run(tokens, capture=[Capture("attn.hook_pattern")], logits="final").acts
     scores = torch.empty(model.n_layers, model.n_heads)
     for l in range(model.n_layers):
         pattern = acts[f"blocks.{l}.attn.hook_pattern"][0]

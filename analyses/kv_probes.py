@@ -87,7 +87,7 @@ def kv_probes(model, task: Task | str = "sentiment", *, k: int = 4, n: int = 100
     feats = {("k", o): [] for o in offsets} | {("v", o): [] for o in offsets}
     for sub in minibatches(batch, batch_size):
         with torch.no_grad():
-            acts = model.run(sub, capture=[Capture("attn.hook_k", layers=layers), Capture("attn.hook_v", layers=layers)]).acts
+            acts = model.run(sub, capture=[Capture("attn.hook_k", layers=layers), Capture("attn.hook_v", layers=layers)], logits="final").acts
         K, V = acts.stack("attn.hook_k"), acts.stack("attn.hook_v")  # [L, b, pos, kv, d]
         for b, row in enumerate(sub.rows):
             for span in row.demo_labels:

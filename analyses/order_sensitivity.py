@@ -56,8 +56,17 @@ def _resamples(n_orders: int, n: int, reps: int, seed: int) -> list[tuple[torch.
 
 
 def _replicates(probs: torch.Tensor, resamples) -> list[float]:
-    """Mean sensitivity of ``probs`` [orders, n, vocab] on each resample."""
-    return [float(gm.order_sensitivity(probs[o][:, q]).mean()) for o, q in resamples]
+    """Mean sensitivity of ``probs`` [orders, n, vocab] on each resample.  The per-query
+    sensitivities of one resampled order tuple are computed once over all queries and reused by
+    every resample that draws the same tuple (few distinct tuples when there are few orders)."""
+    per_query: dict[tuple, torch.Tensor] = {}
+    out = []
+    for o, q in resamples:
+        key = tuple(o.tolist())
+        if key not in per_query:
+            per_query[key] = gm.order_sensitivity(probs[o])
+        out.append(float(per_query[key][q].mean()))
+    return out
 
 
 def _ci(values: list[float]) -> list[float]:

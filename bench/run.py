@@ -4,7 +4,9 @@ Every row times two things on the same inputs, interleaved (A, B, A, B, ...) so 
 hits both alike, and reports the ratio of their medians against a target.  Threads are pinned
 (``--threads``, default 1) because thread count changes both speed and the last bits of results.
 
-    python bench/run.py [--threads 1] [--repeats 7] [--only capture_overhead]
+    python bench/run.py [--threads 1] [--repeats 7] [--only capture_overhead] [--models smollm2-135m gemma3-270m]
+
+Every row is measured on each of ``--models`` (default: both embedded models).
 """
 from __future__ import annotations
 
@@ -278,19 +280,23 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=None)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"],
+                        help="every row is measured on each model (default: both embedded models)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = load_model(args.model)
-    reference = plain_twin(model.hf_model)
-    rows = []
-    for name in args.only or BENCHES:
-        out = BENCHES[name](model, reference, args.repeats)
-        for r in out if isinstance(out, list) else [out]:
-            rows.append(r)
-            print(json.dumps(r), file=sys.stderr)
-    print(json.dumps({"model": model.name, "threads": args.threads, "rows": rows}, indent=2))
+    by_model = {}
+    for model_name in args.models:
+        torch.manual_seed(0)
+        model = load_model(model_name)
+        reference = plain_twin(model.hf_model)
+        rows = by_model.setdefault(model.name, [])
+        for name in args.only or BENCHES:
+            out = BENCHES[name](model, reference, args.repeats)
+            for r in out if isinstance(out, list) else [out]:
+                rows.append(r)
+                print(json.dumps({"model": model.name, **r}), file=sys.stderr)
+        del model, reference
+    print(json.dumps({"threads": args.threads, "models": by_model}, indent=2))
     return 0
 
 

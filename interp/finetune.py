@@ -259,7 +259,12 @@ class GDCounterpart:
                             out = arch.split_qkv(out, n_heads, n_kv, d_head)[0].flatten(2)
                         qs[l] = [(out[i, : len(s)] / d_head ** 0.5).detach().cpu() for i, s in enumerate(seqs)]
                     handles.append(arch.sub(twin, l, "q" if arch.q is not None else "qkv").register_forward_hook(keep_q))
-            out = twin(input_ids=ids, attention_mask=mask)
+            # the label loss scores a few positions: unembed only those (a large vocabulary makes
+            # the full projection the bulk of the step)
+            keep = torch.unique(torch.tensor(list(predict_at), device=device)) if config.loss == "label" and not config.layer_causal else None
+            out = twin(input_ids=ids, attention_mask=mask, **({} if keep is None else {"logits_to_keep": keep}))
+            if keep is not None:
+                targets, weights = targets[:, keep], weights[:, keep]
         finally:
             for h in handles:
                 h.remove()
@@ -296,7 +301,7 @@ def parameter_hash(model) -> str:
     for name, p in sorted(hf.state_dict(keep_vars=False).items()):
         h.update(name.encode())
         p = p.detach().cpu().contiguous().reshape(-1)  # flat: a 0-d tensor has no last dim to view as bytes
-        h.update(p.view(torch.uint8).numpy().tobytes() if p.dtype != torch.bool else p.numpy().tobytes())
+        h.update(p.view(torch.uint8).numpy() if p.dtype != torch.bool else p.numpy())  # the buffer itself, not a copy
     return h.hexdigest()
 
 

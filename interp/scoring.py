@@ -113,6 +113,20 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def bootstrap_mean_interval(values, *, seed: int = 0, resamples: int = 1000, confidence: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap interval (Efron 1979) of the mean of ``values`` (NaNs left out):
+    ``resamples`` seeded draws of the values with replacement, the (1−c)/2 and (1+c)/2 order
+    statistics of their means.  None when fewer than two finite values remain."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    v = v[torch.isfinite(v)]
+    if v.numel() < 2:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    means = v[torch.randint(v.numel(), (resamples, v.numel()), generator=g)].mean(-1).sort().values
+    i = int((1 - confidence) / 2 * (resamples - 1))
+    return [float(means[i]), float(means[resamples - 1 - i])]
+
+
 def score_batch(model, batch, *, batch_size: int = 16, edits: Sequence = ()) -> dict:
     """Predictions and correctness for one IclBatch, for either kind of task.
 

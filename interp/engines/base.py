@@ -52,13 +52,14 @@ class Engine(ABC):
         position_ids: torch.Tensor,
         hooks: Sequence[tuple[Site, HookFn]],
         store: dict | None = None,
-        last_only: bool = False,
+        keep: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the model and return logits [batch, pos, vocab]; hooks fire in the order given
         for the same site and are removed when the call returns or raises.  ``store`` is the dict
         the capture hooks write into; an engine that runs remotely must bring it back filled.
-        ``last_only``: unembed only the last position (transformers' ``logits_to_keep=1``),
-        returning [batch, 1, vocab]; the caller never sets it with a hook on ``logits``."""
+        ``keep``: unembed only these positions, as transformers' ``logits_to_keep`` (an int k: the
+        last k positions; a 1-D LongTensor: those positions), returning [batch, kept, vocab]; the
+        caller never sets it with a hook on ``logits``."""
 
     @abstractmethod
     def W_O(self, layer: int) -> torch.Tensor:

@@ -43,11 +43,13 @@ class HookedModuleEngine(Engine):
                              f"{sorted(self.module.hook_dict)[:8]}...")
 
     def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                keep: int | torch.Tensor | None = None) -> torch.Tensor:
         fwd_hooks = [(self.hook_name(site), _hook(fn)) for site, fn in hooks]
         with self.module.hooks(fwd_hooks=fwd_hooks):
             out = self.module(input_ids)
-        return out[:, -1:] if last_only else out
+        if keep is None:
+            return out
+        return out[:, -keep:] if isinstance(keep, int) else out[:, keep.to(out.device)]
 
     def W_O(self, layer: int) -> torch.Tensor:
         return self.module.W_O(layer)

@@ -107,14 +107,14 @@ class NNsightEngine(Engine):
         return None if b is None or not bool(b.any()) else b
 
     def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                keep: int | torch.Tensor | None = None) -> torch.Tensor:
         import nnsight
 
         ordered = sorted(hooks, key=lambda item: item[0].sort_key())  # stable: same-site order kept
         grouped = [(site, [fn for _, fn in group]) for site, group in groupby(ordered, key=lambda item: item[0])]
         nn = self.nn
         saved = store if store is not None else {}
-        extra = {"logits_to_keep": 1} if last_only else {}
+        extra = {} if keep is None else {"logits_to_keep": keep}
         with nn.trace(input_ids, attention_mask=attention_mask, position_ids=position_ids, remote=self.remote, **extra):
             embed = [fns for site, fns in grouped if site.hook == "hook_embed"]
             if embed:

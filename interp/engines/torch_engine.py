@@ -43,8 +43,8 @@ class TorchEngine(Engine):
             check_site_exists(self.arch, self.twin.config, s)
 
     def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None,
-                last_only: bool = False) -> torch.Tensor:
-        extra = {"logits_to_keep": 1} if last_only else {}
+                keep: int | torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if keep is None else {"logits_to_keep": keep}
         with installed(self.twin, self.arch, self.facts, hooks) as hs:
             out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra)
         raise_unfired(hooks, hs.fired, self.name)

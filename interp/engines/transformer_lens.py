@@ -148,7 +148,7 @@ class TransformerLensEngine(Engine):
         return name
 
     def forward(self, input_ids, attention_mask, position_ids, hooks: Sequence[tuple[Site, HookFn]], store: dict | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                keep: int | torch.Tensor | None = None) -> torch.Tensor:
         from interp.engines.torch_engine import raise_unfired
 
         fired: set[str] = set()
@@ -173,7 +173,7 @@ class TransformerLensEngine(Engine):
                 taps.setdefault(id(self._attn_modules[site.layer]), []).append((TAP_SITES[site.hook], site.hook, mark(site, fn)))
             else:
                 fwd_hooks.append((self.hook_point(site), _tl_hook(mark(site, fn))))
-        extra = {"logits_to_keep": 1} if last_only else {}
+        extra = {} if keep is None else {"logits_to_keep": keep}
         with tapping({k: tap_callback(v) for k, v in taps.items()}), self.bridge.hooks(fwd_hooks=fwd_hooks):
             out = self.bridge(input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra)
         for site, fn in derived:

@@ -162,7 +162,7 @@ def patch_heads(
     pmask = s.positions_mask(positions)
     start = int(pmask.any(0).nonzero().min())
     if values is None:
-        clean_z = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.attn.hook_z" for l in layers]).acts
+        clean_z = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.attn.hook_z" for l in layers], logits="final").acts
     scores = torch.full((model.n_layers, model.n_heads), float("nan"))
     for layer in tqdm(layers, desc="patching heads", disable=not progress):
         if values is None:
@@ -205,7 +205,7 @@ def patch_residual(
     s = _Setup(model, clean, corrupted, metric, runner)
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     positions = list(range(s.seq_len)) if positions is None else [p % s.seq_len for p in positions]
-    clean_resid = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.hook_resid_pre" for l in layers]).acts
+    clean_resid = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.hook_resid_pre" for l in layers], logits="final").acts
     scores = torch.full((model.n_layers, s.seq_len), float("nan"))
     for layer in tqdm(layers, desc="patching residual", disable=not progress):
         for p in positions:
@@ -229,7 +229,7 @@ def patch_layer_outputs(
     pmask = s.positions_mask(positions)
     start = int(pmask.any(0).nonzero().min())
     sites = ("hook_attn_out", "hook_mlp_out")
-    clean_acts = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.{h}" for l in layers for h in sites]).acts
+    clean_acts = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.{h}" for l in layers for h in sites], logits="final").acts
     scores = torch.full((model.n_layers, 2), float("nan"))
     rows = pmask[:, start:, None]
     for layer in tqdm(layers, desc="patching layer outputs", disable=not progress):

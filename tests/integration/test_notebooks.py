@@ -55,20 +55,30 @@ def _needs_smollm2(path: Path) -> bool:
     return "smollm2-135m" in path.read_text()
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path, kernel_spec_manager):
+def _takes_a_model(path: Path) -> bool:
+    return "ICL_INTERP_MODEL" in path.read_text()
+
+
+RUNS = [(p, None) for p in NOTEBOOKS] + [(p, "gemma3-270m") for p in NOTEBOOKS if _takes_a_model(p)]
+
+
+@pytest.mark.parametrize("path, model", RUNS, ids=lambda x: x.stem if isinstance(x, Path) else (x or "default"))
+def test_notebook_runs(path, model, tmp_path, kernel_spec_manager, monkeypatch):
+    """Every notebook as stored; those that read ``$ICL_INTERP_MODEL`` also on Gemma 3 270M."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     from jupyter_client import KernelManager
 
-    if _needs_smollm2(path):
+    if _needs_smollm2(path) or model:
         from interp.embedded import ensure_converted
 
         try:  # the one-off GGUF conversion happens here, not under a cell's timeout
-            ensure_converted()
+            ensure_converted(model or "smollm2-135m")
         except ModuleNotFoundError as err:
             pytest.skip(str(err))
+    if model:
+        monkeypatch.setenv("ICL_INTERP_MODEL", model)  # the kernel inherits the environment
 
     nb = nbformat.read(path, as_version=4)
     probe = nbformat.v4.new_code_cell("import sys; print(sys.executable)")

