@@ -23,6 +23,7 @@ far below what a claim needs; the sweeps in ``examples/sweeps/`` run the real si
 """
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 from typing import Sequence
@@ -200,7 +201,7 @@ def run_demo(models: Sequence[str] = DEMO_MODELS, engine: str = "transformer-len
     notices = sorted({t for t in (notice(m) for m in models) if t})
     if notices:  # first, where the models are named
         data["notices"] = notices
-        sections.insert(0, ("Licences of the models", "\n".join(notices), []))
+        sections.insert(0, ("Licences of the models", "\n".join(textwrap.fill(t, 100) for t in notices), []))
     data["resumed_parts"] = run.summary()
     data["seconds"] = {"total": round(time.time() - start, 1), **seconds}
     data["model_info"] = infos

@@ -29,6 +29,7 @@ results already computed (the demo passes its per-model parts).
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Sequence
@@ -390,5 +391,5 @@ def write_comparison(out, result: ModelComparison, runs: Sequence[ModelRuns], in
     sections = [("Where the models disagree", result.summary() + "\n\nRule: " + RULE, []),
                 ("Every row, side by side", result.table_text(), result.figures())]
     if notices:
-        sections.insert(0, ("Licences of the models", "\n".join(notices), []))
+        sections.insert(0, ("Licences of the models", "\n".join(textwrap.fill(t, 100) for t in notices), []))
     write_run(out, data, f"icl-interp compare — {', '.join(result.models)} on {result.task}", sections)
