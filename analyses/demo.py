@@ -23,12 +23,11 @@ far below what a claim needs; the sweeps in ``examples/sweeps/`` run the real si
 """
 from __future__ import annotations
 
-import textwrap
 import time
 from pathlib import Path
 from typing import Sequence
 
-from analyses.report import write_run
+from analyses.report import add_licence_notices, write_run
 from analyses.resumable import ResumableRun
 
 DEMO_MODELS = ("smollm2-135m", "gemma3-270m")
@@ -161,7 +160,6 @@ def run_demo(models: Sequence[str] = DEMO_MODELS, engine: str = "transformer-len
     """
     from analyses.model_comparison import compare_runs
     from interp import load_model
-    from interp.embedded import notice
     from interp.protocol import model_protocol
     from interp.prompts import Template
 
@@ -198,10 +196,7 @@ def run_demo(models: Sequence[str] = DEMO_MODELS, engine: str = "transformer-len
         data["comparison"] = comparison.to_dict()
         sections.append((f"Comparison across models: {', '.join(comparison.models)} (last section)",
                          comparison.summary() + "\n\n" + comparison.table_text(), comparison.figures()))
-    notices = sorted({t for t in (notice(m) for m in models) if t})
-    if notices:  # first, where the models are named
-        data["notices"] = notices
-        sections.insert(0, ("Licences of the models", "\n".join(textwrap.fill(t, 100) for t in notices), []))
+    add_licence_notices(data, sections, models)
     data["resumed_parts"] = run.summary()
     data["seconds"] = {"total": round(time.time() - start, 1), **seconds}
     data["model_info"] = infos

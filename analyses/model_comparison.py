@@ -29,7 +29,6 @@ results already computed (the demo passes its per-model parts).
 from __future__ import annotations
 
 import math
-import textwrap
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Sequence
@@ -375,21 +374,15 @@ def write_comparison(out, result: ModelComparison, runs: Sequence[ModelRuns], in
                      resumed: dict | None = None) -> None:
     """results.json (the comparison, each model's own results, model_info and protocol per model)
     and report.html."""
-    from analyses.report import write_run
-
-    from interp.embedded import notice
+    from analyses.report import add_licence_notices, write_run
 
     per_model = {}
     for r in runs:
         per_model[r.name] = {name: getattr(r, name).to_dict() for name in ("accuracy", "kernel", "orders", "heads") if getattr(r, name) is not None}
         per_model[r.name]["icl_vs_gd"] = {s: x.to_dict() for s, x in r.gd.items()}
-    notices = sorted({n for n in (notice(m) for m in result.models) if n})
     data = {**result.to_dict(), "per_model": per_model, "model_info": infos or {}, "resumed_parts": resumed or {},
             "protocol": {"compare": result.protocol, "models": protocols or {}}}
-    if notices:
-        data["notices"] = notices
     sections = [("Where the models disagree", result.summary() + "\n\nRule: " + RULE, []),
                 ("Every row, side by side", result.table_text(), result.figures())]
-    if notices:
-        sections.insert(0, ("Licences of the models", "\n".join(textwrap.fill(t, 100) for t in notices), []))
+    add_licence_notices(data, sections, result.models)
     write_run(out, data, f"icl-interp compare — {', '.join(result.models)} on {result.task}", sections)

@@ -92,6 +92,19 @@ def write_report(path: Path, title: str, sections: Sequence[tuple[str, str, Sequ
         raise
 
 
+def add_licence_notices(data: dict, sections: list, models) -> None:
+    """The licence notices of the embedded ``models`` (:func:`interp.embedded.notice`), if any:
+    as ``data["notices"]`` and as the report's first section, where the models are named."""
+    import textwrap
+
+    from interp.embedded import notice
+
+    notices = sorted({t for t in (notice(m) for m in models) if t})
+    if notices:
+        data["notices"] = notices
+        sections.insert(0, ("Licences of the models", "\n".join(textwrap.fill(t, 100) for t in notices), []))
+
+
 def write_run(out: str | os.PathLike | None, results: dict, title: str, sections: Sequence[tuple[str, str, Sequence]],
               model=None, protocol: dict | None = None) -> None:
     """``out/results.json`` (atomic, strict JSON) and ``out/report.html`` of one analysis run;
