@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from analyses.report import strict_json, write_json_atomic
+from analyses.report.html import strict_json, write_json_atomic
 
 
 def _common(p: argparse.ArgumentParser, *, model: bool = True, model_default: str | None = "smollm2-135m") -> None:
@@ -80,7 +80,7 @@ def _task(args):
     """The --task with the command line's --tokenisation, --label-words and --label-policy."""
     import dataclasses
 
-    from analyses.kernel_report import resolve_task
+    from interp.tasks import resolve_task
 
     task = resolve_task(args.task)
     changes = {"template": dataclasses.replace(task.template, tokenisation=args.tokenisation)}
@@ -163,7 +163,7 @@ def cmd_accuracy(args) -> int:
 
 
 def cmd_kernel(args) -> int:
-    from analyses.kernel_report import run_kernel_analysis
+    from analyses.kernel.report import run_kernel_analysis
     from interp import load_model
 
     _setup(args)
@@ -179,7 +179,8 @@ def cmd_kernel(args) -> int:
 
 
 def cmd_icl_vs_gd(args) -> int:
-    from analyses.icl_vs_gd_report import paper_config, run_icl_vs_gd_analysis
+    from analyses.gd.presets import paper_config
+    from analyses.gd.report import run_icl_vs_gd_analysis
     from interp import load_model
 
     _setup(args)
@@ -197,7 +198,7 @@ def cmd_icl_vs_gd(args) -> int:
 def cmd_linreg(args) -> int:
     import torch
 
-    from analyses.linreg_report import run_linreg_analysis, run_linreg_train
+    from analyses.linreg.report import run_linreg_analysis, run_linreg_train
     from interp.linreg.train import TrainConfig
 
     torch.set_num_threads(args.threads)  # always pinned: training is bit-reproducible per seed and thread count
@@ -222,7 +223,7 @@ def cmd_linreg(args) -> int:
 
 
 def cmd_heads(args) -> int:
-    from analyses.heads_report import parse_scores, run_heads_report
+    from analyses.heads.atlas import parse_scores, run_heads_report
     from interp import load_model
 
     _setup(args)

@@ -6,14 +6,14 @@ network, each part calling the same function as its own CLI command and notebook
 
 1. ``accuracy``  ICL accuracy against k on two bundled tasks (:mod:`analyses.icl_accuracy`);
 2. ``kernel``    the attention-as-kernel reconstruction head map and the best head chosen on a
-   selection split, scored on held-out queries (Han et al.; :mod:`analyses.kernel_regression`);
+   selection split, scored on held-out queries (Han et al.; :mod:`analyses.kernel.reconstruction`);
 3. ``icl_vs_gd`` ICL against its GD counterpart in Dai et al.'s setting (k/v of every layer, SGD)
    and Shen et al.'s (W_V of the middle layer, Adam; fewer epochs than the paper's 20 here), and
-   the order sensitivity of ICL vs GD (:mod:`analyses.icl_vs_gd`, :mod:`analyses.order_sensitivity`);
+   the order sensitivity of ICL vs GD (:mod:`analyses.gd.icl_vs_gd`, :mod:`analyses.gd.order_sensitivity`);
 4. ``heads``     the head-attribution ranking: kernel agreement, exact and attribution patching,
-   induction / previous-token and dual-form scores side by side (:mod:`analyses.heads_report`);
+   induction / previous-token and dual-form scores side by side (:mod:`analyses.heads.atlas`);
 5. ``linreg``    the linear-regression lab's GD check on its shipped checkpoints
-   (:mod:`analyses.linreg_gd_check`, :mod:`analyses.linreg_algorithms`), once;
+   (:mod:`analyses.linreg.gd_check`, :mod:`analyses.linreg.algorithms`), once;
 6. the comparison across the models, the report's last section (:mod:`analyses.model_comparison`).
 
 Parts are saved under ``out/parts/`` as they finish (:class:`analyses.resumable.ResumableRun`):
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from analyses.report import add_licence_notices, write_run
+from analyses.report.html import add_licence_notices, write_run
 from analyses.resumable import ResumableRun
 
 DEMO_MODELS = ("smollm2-135m", "gemma3-270m")
@@ -53,9 +53,9 @@ def _accuracy(model, n, seed, progress):
 
 
 def _icl_vs_gd(model, n, seed, progress):
-    from analyses.icl_vs_gd import DAI, icl_vs_gd, reference_runs
-    from analyses.icl_vs_gd_report import paper_config
-    from analyses.order_sensitivity import order_sensitivity
+    from analyses.gd.icl_vs_gd import icl_vs_gd, reference_runs
+    from analyses.gd.presets import DAI, paper_config
+    from analyses.gd.order_sensitivity import order_sensitivity
     from interp.finetune import GDCounterpart
 
     from tqdm.auto import tqdm
@@ -77,8 +77,8 @@ def _icl_vs_gd(model, n, seed, progress):
 
 
 def _linreg(seed):
-    from analyses.linreg_algorithms import which_algorithm
-    from analyses.linreg_gd_check import trained_vs_gd
+    from analyses.linreg.algorithms import which_algorithm
+    from analyses.linreg.gd_check import trained_vs_gd
     from interp.linreg.checkpoints import load_shipped
 
     lsa = load_shipped("lsa-d10-n10")[0]
@@ -117,7 +117,7 @@ def _model_parts(model, run, parts, n, seed, progress, seconds) -> tuple[dict, l
         runs.accuracy = acc["sentiment"]
         sections.append((f"ICL accuracy vs k — {setting}", table, [f for r in acc.values() for f in r.figures()]))
     if "kernel" in parts:
-        from analyses.kernel_regression import kernel_reconstruction
+        from analyses.kernel.reconstruction import kernel_reconstruction
 
         kr = run.part(f"{tag}.kernel", _timed(secs, "kernel", lambda: kernel_reconstruction(model, "sentiment", k=4, n=n, seed=seed,
                                                                                             progress=progress)))
@@ -134,7 +134,7 @@ def _model_parts(model, run, parts, n, seed, progress, seconds) -> tuple[dict, l
         sections.append((f"Is ICL gradient descent? Dai et al.'s setting, Shen et al.'s, and order sensitivity — {setting}", text,
                          [gd["dai"].figures()[0], *gd["orders"].figures()]))
     if "heads" in parts:
-        from analyses.heads_report import head_scores
+        from analyses.heads.atlas import head_scores
 
         hs = run.part(f"{tag}.heads", _timed(secs, "heads", lambda: head_scores(model, "sentiment", k=4, n=max(4, n // 3), seed=seed,
                                                                                 scores=HEAD_SCORES, progress=progress)))

@@ -9,14 +9,14 @@ on several models.  :func:`compare_models` runs, on every model given (any model
 - Han et al.'s kernel reconstruction: the best head chosen on a selection split and scored on
   held-out queries (Wilson interval) against the baselines (majority / most recent demo label, the
   mean head), and the layer profile of agreement on a relative depth axis, layer / (L − 1), so
-  models of different depth line up (:func:`analyses.kernel_regression.kernel_reconstruction`);
+  models of different depth line up (:func:`analyses.kernel.reconstruction.kernel_reconstruction`);
 - ICL against its GD counterpart in Dai et al.'s setting (k/v of every layer, SGD, one epoch) and
   Shen et al.'s (W_V of the middle layer, Adam): accuracy ZS / ICL / GD, Rec2FTP, SimAOU, SimAM,
   Kendall τ, token overlap@10, KL(ICL‖GD), each metric with a 95% bootstrap interval over queries
-  (:func:`analyses.icl_vs_gd.icl_vs_gd`);
+  (:func:`analyses.gd.icl_vs_gd.icl_vs_gd`);
 - order sensitivity of ICL and of GD with batch size 1, and their ratio (Shen et al.; bootstrap
-  intervals over queries and orders, :func:`analyses.order_sensitivity.order_sensitivity`);
-- the Spearman correlations between per-head scores (:func:`analyses.heads_report.head_scores`),
+  intervals over queries and orders, :func:`analyses.gd.order_sensitivity.order_sensitivity`);
+- the Spearman correlations between per-head scores (:func:`analyses.heads.atlas.head_scores`),
   with Fisher-z intervals, z = atanh(r) ± 1.96 / √(cells − 3) — approximate, because the cells of
   one model's head grid are not independent samples.
 
@@ -186,7 +186,7 @@ class ModelComparison:
                 "n_disagreements": len(self.disagreements())}
 
     def table_text(self) -> str:
-        from analyses.report import fmt
+        from analyses.report.html import fmt
 
         def cell(v):
             if v is None:
@@ -293,13 +293,13 @@ def model_runs(model, task, *, parts: Sequence[str] = PARTS, ks: Sequence[int] =
 
         out.accuracy = run.part(f"{tag}.accuracy", lambda: icl_accuracy_vs_k(model, task, ks=ks, n=n, seeds=(seed,), progress=progress))
     if "kernel" in parts and task.kind == "classification":
-        from analyses.kernel_regression import kernel_reconstruction
+        from analyses.kernel.reconstruction import kernel_reconstruction
 
         out.kernel = run.part(f"{tag}.kernel", lambda: kernel_reconstruction(model, task, k=k, n=n, seed=seed, progress=progress))
     if "icl_vs_gd" in parts or "orders" in parts:
-        from analyses.icl_vs_gd import DAI, icl_vs_gd, reference_runs
-        from analyses.icl_vs_gd_report import paper_config
-        from analyses.order_sensitivity import order_sensitivity
+        from analyses.gd.icl_vs_gd import icl_vs_gd, reference_runs
+        from analyses.gd.presets import DAI, paper_config
+        from analyses.gd.order_sensitivity import order_sensitivity
         from interp.finetune import GDCounterpart
 
         gd = GDCounterpart(model)
@@ -315,9 +315,9 @@ def model_runs(model, task, *, parts: Sequence[str] = PARTS, ks: Sequence[int] =
             out.orders = run.part(f"{tag}.orders", lambda: order_sensitivity(model, task, k=k, n=orders_n, seed=seed, n_orders=n_orders,
                                                                             batch_sizes=(1, "full"), counterpart=gd))
     if "heads" in parts:
-        from analyses.heads_report import head_scores
+        from analyses.heads.atlas import head_scores
 
-        from analyses.heads_report import LABEL_WORD_SCORES, label_word_scores_blocked
+        from analyses.heads.atlas import LABEL_WORD_SCORES, label_word_scores_blocked
 
         blocked = label_word_scores_blocked(model, task, k, heads_n, seed)
         scores = tuple(s for s in HEAD_SCORES if blocked is None or s not in LABEL_WORD_SCORES)
@@ -335,7 +335,7 @@ def compare_models(models: Sequence, task="sentiment", *, parts: Sequence[str] =
     (``n``, ``gd_n``, ``orders_n`` × ``n_orders`` orders, ``heads_n`` queries).  Models given by
     name are loaded one at a time and released.  ``out``: write results.json and report.html
     there, saving each (model, part) as it finishes so a killed run resumes."""
-    from analyses.kernel_report import resolve_task
+    from interp.tasks import resolve_task
     from analyses.resumable import NoResume, ResumableRun
     from interp import load_model
     from interp.protocol import model_protocol
@@ -374,7 +374,7 @@ def write_comparison(out, result: ModelComparison, runs: Sequence[ModelRuns], in
                      resumed: dict | None = None) -> None:
     """results.json (the comparison, each model's own results, model_info and protocol per model)
     and report.html."""
-    from analyses.report import add_licence_notices, write_run
+    from analyses.report.html import add_licence_notices, write_run
 
     per_model = {}
     for r in runs:

@@ -34,7 +34,7 @@ when started again into the same folder.
 
 Testing aid: with the environment variable ``ICL_INTERP_PART_DELAY`` set to a number of seconds, the
 run sleeps that long after saving each computed part, which gives a test a deterministic window to
-kill the process between parts (``tests/unit/test_kill_resume.py``).
+kill the process between parts (``tests/unit/analyses/test_kill_resume.py``).
 """
 from __future__ import annotations
 

@@ -25,6 +25,15 @@ import torch
 
 ALLOWED_MODULES = ("analyses.", "interp.", "probes.")
 
+#: Modules of result classes before analyses/ became subpackages by hypothesis: parts saved then
+#: (a resumable run started before the move) still load.
+MOVED = {f"analyses.{old}": f"analyses.{new}" for old, new in {
+    "kernel_regression": "kernel.reconstruction", "kernel_similarity": "kernel.similarity", "kv_probes": "kernel.kv_probes",
+    "anchors": "kernel.anchors", "icl_vs_gd": "gd.icl_vs_gd", "order_sensitivity": "gd.order_sensitivity",
+    "head_attribution": "heads.attribution", "function_vectors": "heads.function_vectors", "task_vectors": "heads.task_vectors",
+    "induction": "heads.induction", "heads_report": "heads.atlas", "linreg_algorithms": "linreg.algorithms",
+    "linreg_gd_check": "linreg.gd_check", "linreg_kernel": "linreg.kernel", "linreg_probes": "linreg.probes"}.items()}
+
 
 class UnsafePart(ValueError):
     """A saved part that is not what this module writes (tampered, foreign or corrupt)."""
@@ -74,7 +83,10 @@ def _dataclass(qualname: str):
     module, name = qualname.split(":", 1)
     if not module.startswith(ALLOWED_MODULES) or "." in name or not name.isidentifier():
         raise UnsafePart(f"refusing to load class {qualname!r}: only the project's own result classes are loaded")
-    cls = getattr(importlib.import_module(module), name, None)
+    try:
+        cls = getattr(importlib.import_module(MOVED.get(module, module)), name, None)
+    except ImportError:
+        cls = None
     if cls is None or not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise UnsafePart(f"{qualname!r} is not one of the project's result dataclasses")
     return cls

@@ -241,7 +241,8 @@ def bench_gd_counterpart(model, reference, repeats: int) -> dict:
     """One example's GD counterpart in Dai's setting (k=8 SGD steps on every k_proj/v_proj, loss
     on every demo token) plus the three recorded forward passes it needs (ZS, ICL, fine-tuned
     copy on ZS), against one plain ICL forward of the same example."""
-    from analyses.icl_vs_gd import DAI, run_side
+    from analyses.gd.icl_vs_gd import run_side
+    from analyses.gd.presets import DAI
     from interp.finetune import GDCounterpart, demo_sequences
     from interp.prompts import build_icl_batch
     from interp.tasks import load_task

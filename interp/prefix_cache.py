@@ -99,7 +99,7 @@ class SharedPrefix:
 @dataclass
 class RecordedRun:
     """Per row, at one recorded suffix position r_b (and logits at a predicting one):
-    everything :mod:`analyses.icl_vs_gd` reads from the ICL side."""
+    everything :mod:`analyses.gd.icl_vs_gd` reads from the ICL side."""
 
     logits: torch.Tensor  # [batch, vocab] at the predicting positions
     attn_out: torch.Tensor  # [batch, layer, d_model]  attention-sublayer output (after o_proj)

@@ -465,3 +465,27 @@ def split_examples(
     queries = [examples[i] for i in order[:n_queries]]
     pool = [examples[i] for i in order[n_queries:]]
     return pool, queries
+
+
+def resolve_task(task: str | Task) -> Task:
+    """A bundled task name, a dataset folder (train.jsonl + test.jsonl), a JSONL file, or a name
+    under ``$ICL_INTERP_DATA/classification``.  A bare name that is both a bundled task and a
+    file or folder here is an error (say ``./name`` for the local one), never a silent choice."""
+    import dataclasses
+
+    if isinstance(task, Task):
+        return task
+    path = Path(task)
+    if str(task) in BUNDLED_TASKS:
+        if path.exists() and "/" not in str(task):
+            raise ValueError(f"{task!r} is both a bundled task and a {'folder' if path.is_dir() else 'file'} in the working "
+                             f"directory: pass ./{task} for the local one, or run from another directory for the bundled task")
+        return dataclasses.replace(load_task(task), source=f"bundled:{task}")
+    if path.is_dir():
+        return dataclasses.replace(load_dataset_dir(path), source=f"folder:{path.resolve()}")
+    if path.suffix == ".json" and path.is_file():
+        return dataclasses.replace(load_json_list(path), source=f"file:{path.resolve()}")
+    if task.endswith(".jsonl") or path.exists():
+        return dataclasses.replace(load_jsonl(task), source=f"file:{path.resolve()}")
+    loaded = load_task(task)
+    return dataclasses.replace(loaded, source=loaded.source or f"data:{task}")

@@ -23,7 +23,7 @@ def settings(n_layers: int) -> dict:
     """dai / shen: the papers' settings; lcgd: Dai's with Deutch et al.'s layer-causal GD; untrained:
     Dai's setting on Deutch et al.'s untrained baseline (embeddings, norms and unembedding kept,
     attention and MLPs re-initialised), ICL side included."""
-    from analyses.icl_vs_gd_report import paper_config
+    from analyses.gd.presets import paper_config
 
     return {"dai": paper_config("kv"), "shen": paper_config(f"wv:{n_layers // 2}"),
             "lcgd": paper_config("kv", layer_causal=True), "untrained": paper_config("kv")}
@@ -32,10 +32,10 @@ def settings(n_layers: int) -> dict:
 def run(args) -> None:
     import torch
 
-    from analyses.icl_vs_gd import reference_runs
-    from analyses.icl_vs_gd_report import run_icl_vs_gd_analysis
+    from analyses.gd.icl_vs_gd import reference_runs
+    from analyses.gd.report import run_icl_vs_gd_analysis
     from interp.finetune import GDCounterpart
-    from analyses.kernel_report import resolve_task
+    from interp.tasks import resolve_task
     from interp import load_model
 
     torch.manual_seed(0)

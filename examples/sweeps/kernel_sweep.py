@@ -23,7 +23,8 @@ from pathlib import Path
 def run(args) -> None:
     import torch
 
-    from analyses.kernel_report import resolve_task, run_kernel_analysis
+    from analyses.kernel.report import run_kernel_analysis
+    from interp.tasks import resolve_task
     from interp import load_model
 
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ reconstruction under the two span rules (block vs input + label), on SmolLM2.
     python examples/sweeps/tokenisation_sweep.py --out out/sweep/tokenisation            # run (resumable)
     python examples/sweeps/tokenisation_sweep.py --out out/sweep/tokenisation --summary  # table only
 
-One :func:`analyses.kernel_regression.kernel_reconstructions` call per (task, tokenisation, seed)
+One :func:`analyses.kernel.reconstruction.kernel_reconstructions` call per (task, tokenisation, seed)
 gives the model's ICL accuracy (with its Wilson interval) and the per-head agreement under both
 span rules from the same attention rows.  sst2 comes from ``$ICL_INTERP_DATA`` (default
 ``../shared/datasets``) and is skipped when absent; the bundled sentiment task has 170 examples,
@@ -23,9 +23,9 @@ from pathlib import Path
 def run(args) -> None:
     import torch
 
-    from analyses.kernel_regression import kernel_reconstructions
-    from analyses.kernel_report import resolve_task
-    from analyses.report import write_json_atomic
+    from analyses.kernel.reconstruction import kernel_reconstructions
+    from interp.tasks import resolve_task
+    from analyses.report.html import write_json_atomic
     from interp import load_model
 
     torch.set_num_threads(args.threads)

@@ -28,9 +28,11 @@ ANALYSES = ("kernel", "dai", "shen")
 def run(args) -> None:
     import torch
 
-    from analyses.icl_vs_gd import reference_runs
-    from analyses.icl_vs_gd_report import paper_config, run_icl_vs_gd_analysis
-    from analyses.kernel_report import resolve_task, run_kernel_analysis
+    from analyses.gd.icl_vs_gd import reference_runs
+    from analyses.gd.presets import paper_config
+    from analyses.gd.report import run_icl_vs_gd_analysis
+    from analyses.kernel.report import run_kernel_analysis
+    from interp.tasks import resolve_task
     from interp import load_model
     from interp.finetune import GDCounterpart
 

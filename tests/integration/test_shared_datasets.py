@@ -29,7 +29,7 @@ def test_dataset_folders_load_with_their_meta(name):
 def test_kernel_reconstruction_on_sst2_scores_like_plain_scoring(smollm2):
     """The reconstruction's model accuracy on real test queries equals plain scoring of the same
     prompts (demos from train, queries from test)."""
-    from analyses.kernel_regression import kernel_reconstruction
+    from analyses.kernel.reconstruction import kernel_reconstruction
     from interp.prompts import build_icl_batch
     from interp.scoring import score_batch
     from interp.tasks import load_dataset_dir

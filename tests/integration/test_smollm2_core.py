@@ -88,7 +88,7 @@ def test_icl_lifts_present_past_accuracy(smollm2):
 
 
 def test_smollm2_has_induction_heads_a_random_init_twin_does_not(smollm2):
-    from analyses.induction import induction_scores
+    from analyses.heads.induction import induction_scores
     from interp.random_init import random_init_like
 
     real = induction_scores(smollm2, n_sequences=4)

@@ -74,8 +74,8 @@ def _mismatches(a, b, tol, path="") -> list[str]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kernel_and_icl_vs_gd_on_every_family(family, task, tokenizer):
-    from analyses.icl_vs_gd import icl_vs_gd, reference_runs, run_side, run_side_cached
-    from analyses.kernel_regression import kernel_reconstruction
+    from analyses.gd.icl_vs_gd import icl_vs_gd, reference_runs, run_side, run_side_cached
+    from analyses.kernel.reconstruction import kernel_reconstruction
 
     model = _model(family)
     before = model_fingerprint(model)
@@ -105,8 +105,8 @@ def test_kernel_and_icl_vs_gd_on_every_family(family, task, tokenizer):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_heads_report_on_every_family_records_the_model(family, task, tokenizer, tmp_path):
-    from analyses.heads_report import ALL_SCORES, run_heads_report
-    from analyses.kernel_regression import kernel_reconstruction
+    from analyses.heads.atlas import ALL_SCORES, run_heads_report
+    from analyses.kernel.reconstruction import kernel_reconstruction
 
     model = _model(family)
     before = model_fingerprint(model)

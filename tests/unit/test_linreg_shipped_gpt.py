@@ -4,7 +4,7 @@ every k in [d, 2d] (Garg et al.'s normalised error, baselines tuned on the same 
 random-init copy (≤ 0.05)."""
 import pytest
 
-from analyses.linreg_probes import implicit_weight_probes
+from analyses.linreg.probes import implicit_weight_probes
 from interp.linreg.checkpoints import load_shipped
 from interp.linreg.gd import best_gd_eta, error_vs_k, gd_one_step, knn, nadaraya_watson
 

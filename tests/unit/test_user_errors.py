@@ -83,7 +83,7 @@ def test_label_words_and_classes_are_checked(tmp_path):
 
 
 def test_task_names_are_never_silently_redirected(tmp_path, monkeypatch):
-    from analyses.kernel_report import resolve_task
+    from interp.tasks import resolve_task
 
     monkeypatch.chdir(tmp_path)
     _toy_folder(tmp_path / "sentiment")
@@ -121,7 +121,7 @@ def test_a_damaged_args_file_is_a_clear_error(tmp_path):
 
 
 def test_concurrent_writers_of_one_report_all_succeed(tmp_path):
-    from analyses.report import write_report
+    from analyses.report.html import write_report
 
     errors = []
 
@@ -151,8 +151,8 @@ def test_a_diverging_gd_fit_stops_with_the_reason(tiny):
 
 
 def test_label_flags_task_source_and_one_class_demo_sets_are_recorded(model_dir, tmp_path):
-    from analyses.kernel_regression import kernel_reconstruction
-    from analyses.kernel_report import resolve_task
+    from analyses.kernel.reconstruction import kernel_reconstruction
+    from interp.tasks import resolve_task
 
     data = _toy_folder(tmp_path / "toy")
     out = tmp_path / "k"
@@ -170,7 +170,7 @@ def test_label_flags_task_source_and_one_class_demo_sets_are_recorded(model_dir,
 
 
 def test_concurrent_writers_of_one_results_json_all_succeed(tmp_path):
-    from analyses.report import write_json_atomic
+    from analyses.report.html import write_json_atomic
 
     errors = []
 

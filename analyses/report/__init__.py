@@ -1,0 +1,1 @@
+"""Self-contained HTML reports and results.json writing, shared by every command."""
