@@ -249,6 +249,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from analyses.reproduce import LAB_PAPERS
+    from analyses.reproduce.run import reproduce, resolve_papers
+    from interp import load_model
+
+    _setup(args)
+    papers = resolve_papers(args.papers)
+    lab_only = all(p in LAB_PAPERS for p in papers)
+    model = None if lab_only else load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
+    results = reproduce(papers, model, budget=args.budget, out=args.out, seed=args.seed, progress=not args.quiet)
+    for key, r in results.items():
+        c = r["counts"]
+        print(f"{key}: {c['reproduces']} reproduce, {c['does not reproduce']} do not, {c['not comparable']} not comparable "
+              f"({r['seconds']:.0f} s)")
+    print(f"wrote {args.out}/<paper>/results.json and report.html" + (f", and {args.out}/report.html" if len(papers) > 1 else ""))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from analyses.demo import DEMO_MODELS, run_demo
 
@@ -359,6 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of accuracy,kernel,icl_vs_gd,orders,heads")
     p.add_argument("--out", default="out/compare")
     p.set_defaults(func=cmd_compare, remote=False)
+
+    from analyses.reproduce import PAPERS
+
+    p = sub.add_parser("reproduce", help="each paper's protocol on a model, the paper's numbers beside ours, with verdicts",
+                       description="papers:\n" + "\n".join(f"  {k:14} {v[1] + ':':8} {v[2]}" for k, v in PAPERS.items())
+                       + "\n\nbudgets: smoke (every paper in minutes), small (about an hour), paper (the papers' sizes)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("papers", nargs="+", metavar="PAPER", help="one or more of " + ", ".join(PAPERS) + ", or all")
+    p.add_argument("--budget", default="smoke", choices=["smoke", "small", "paper"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/reproduce")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="the main job on the embedded models")
     _common(p, model_default=None)

@@ -682,6 +682,26 @@ def most_similar_first(similarity: Callable[[str, str], float] | None = None) ->
     return select
 
 
+def per_class(shots: int = 1) -> Selector:
+    """A demo selector with ``shots`` demos of every class (Wang et al.'s ``demonstration_shot``),
+    drawn at random from the pool and shuffled; k must be shots × the number of classes."""
+
+    def select(query: "Example", pool: Sequence["Example"], k: int, rng: random.Random) -> list["Example"]:
+        classes = list(dict.fromkeys(e.output for e in pool))
+        if k != shots * len(classes):
+            raise ValueError(f"per_class({shots}) needs k = {shots} x {len(classes)} classes = {shots * len(classes)}, got k={k}")
+        out = []
+        for c in classes:
+            of_class = [e for e in pool if e.output == c]
+            if len(of_class) < shots:
+                raise ValueError(f"the pool has {len(of_class)} examples of class {c!r}, fewer than {shots}")
+            out += rng.sample(of_class, shots)
+        rng.shuffle(out)
+        return out
+
+    return select
+
+
 def _split(examples: Sequence["Example"], n: int, seed: int) -> tuple[list["Example"], list["Example"]]:
     """Seeded split into (pool, queries): the first ``n`` of a ``Random(seed)`` shuffle are queries."""
     if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(examples):

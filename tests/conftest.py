@@ -112,3 +112,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+#: The toy two-class task of the analysis tests: 21 four-letter inputs, labels "x" / "y" alternating.
+TOY_WORDS = ["x", "y"]
+TOY_INPUTS = [f"{a}{b} {c}{d}" for a, b, c, d in zip("abcdefghijklmnopqrstu", "bcdefghijklmnopqrstuv", "mnopqrstuvwxyzabcdefg",
+                                                     "qrstuvwxyzabcdefghijk")]
+
+
+def make_toy_task():
+    """The toy classification task (character tokenizer friendly: no space before the text)."""
+    from interp.prompts import Template
+    from interp.tasks import Example, Task
+
+    return Task("toy", [Example(t, TOY_WORDS[i % 2], i % 2) for i, t in enumerate(TOY_INPUTS)], kind="classification",
+                label_words=TOY_WORDS, template=Template(space_before_text=False))

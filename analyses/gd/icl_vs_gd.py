@@ -177,6 +177,7 @@ class IclVsGdResult:
     model_hash_unchanged: bool = True
     per_query: dict = field(default_factory=dict, repr=False)  # name -> [query] the metric averaged over layers
     intervals: dict = field(default_factory=dict)  # name -> 95% bootstrap interval over queries of its mean (None: < 2 values)
+    rec2ftp_n: int = 0  # Rec2FTP's denominator: the queries GD fixes (ZS wrong, GD right)
 
     REC2FTP_UNDEFINED = "undefined: GD fixes no example zero-shot gets wrong"
 
@@ -354,6 +355,7 @@ def icl_vs_gd(model, task="sentiment", *, k: int = 8, n: int = 100, seed: int = 
         model=model.name, task=ref.task.name, k=ref.k, n=len(ref.icl_b), seed=ref.seed, config=config.to_dict(), record=ref.record,
         accuracy={name: accuracy(c).to_dict() for name, (_, c) in preds.items()},
         rec2ftp=gm.rec2ftp(preds["zs"][1], preds["gd"][1], preds["icl"][1]),
+        rec2ftp_n=int((~preds["zs"][1].bool() & preds["gd"][1].bool()).sum()),
         per_layer=per_layer, distributions=distributions,
         dual_form=dual_form_comparison(model, icl, zs, ft, ref.keys, ref.values), fit_losses=fit.losses,
         prompts={"icl_input_ids": ref.icl_b.input_ids.tolist(), "icl_attention_mask": ref.icl_b.attention_mask.tolist(),

@@ -139,8 +139,9 @@ class AnchorsResult:
 
 
 def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: int = 0, n_isolate: int = 5, batch_size: int = 4,
-                     random_positions: str = "per-layer") -> AnchorsResult:
-    """Saliency flows, AUCROC_l and isolation on ``n`` k-shot prompts (see the module docstring)."""
+                     random_positions: str = "per-layer", select=None) -> AnchorsResult:
+    """Saliency flows, AUCROC_l and isolation on ``n`` k-shot prompts (see the module docstring);
+    ``select``: a demo selector (e.g. :func:`interp.prompts.per_class`, Wang et al.'s one per class)."""
     if random_positions not in ("per-layer", "shared"):
         raise ValueError(f"random_positions must be 'per-layer' (Wang et al.'s code) or 'shared', got {random_positions!r}")
     import random
@@ -152,7 +153,7 @@ def anchors_analysis(model, task="sentiment", *, k: int = 4, n: int = 40, seed: 
     from interp.tasks import load_task
 
     task = load_task(task) if isinstance(task, str) else task
-    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx).sorted_by_length()
+    batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left", max_length=model.n_ctx, select=select).sorted_by_length()
     ids = batch.label_words.first_token_ids
     L = model.n_layers
     n_isolate = max(1, min(n_isolate, L // 2))  # first/last n layers must not overlap

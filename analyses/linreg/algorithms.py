@@ -25,7 +25,7 @@ curves also include ``averaging`` and ``nadaraya_watson`` (RBF kernel, bandwidth
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Sequence
 
@@ -164,6 +164,7 @@ class WhichAlgorithmResult:
     learner_error: dict  # learner (+ averaging, nadaraya_watson) -> {"mean", "sem"}
     best_match: dict  # model -> {k: learner with the lowest SPD}
     tuned: dict  # "gd_eta", "sgd_lr", "nw_bandwidth" -> [per k]
+    spd_ci: dict = field(default_factory=dict)  # model -> learner -> [per k] 95% bootstrap interval over tasks of the SPD
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -220,7 +221,10 @@ def which_algorithm(models: dict, d: int, k_values: Sequence[int], n_tasks: int 
     if not lams_ok or len(set(ridge_lams)) != len(ridge_lams):
         raise ValueError(f"ridge_lams must be distinct finite numbers >= 0 (0 is OLS), got {ridge_lams!r}")
     data = dict(x_dist=x_dist, x_range=x_range, noise_std=noise_std)
+    from interp.scoring import bootstrap_mean_interval
+
     spd_t = {m: {} for m in fns}
+    spd_ci_t = {m: {} for m in fns}
     ilwd_t = {m: {} for m in fns}
     err: dict = {}
     best_match = {m: {} for m in fns}
@@ -249,10 +253,13 @@ def which_algorithm(models: dict, d: int, k_values: Sequence[int], n_tasks: int 
             wm = fit_linear(xp, pm)[0]
             for name in refs:
                 spd_t[m].setdefault(name, []).append(spd(pm, ref_out[name][1], d))
+                per_task = (pm.double() - ref_out[name][1].double()).pow(2).reshape(pm.shape[0], -1).mean(-1) / d
+                spd_ci_t[m].setdefault(name, []).append(bootstrap_mean_interval(per_task, seed=seed + k))
                 ilwd_t[m].setdefault(name, []).append(ilwd(wm, ref_w[name]))
             best_match[m][k] = min(refs, key=lambda name: spd_t[m][name][-1])
     setting = {**data, "n_probe": n_probe, "ridge_lams": list(ridge_lams), "knn_k": knn_k, "gd_eta": gd_eta, "sgd_lr": sgd_lr}
     return WhichAlgorithmResult(
         d=d, n_tasks=n_tasks, seed=seed, k=list(k_values), setting=setting, learners=list(refs), spd=spd_t, ilwd=ilwd_t,
         model_error={n: c for (is_model, n), c in err.items() if is_model},
-        learner_error={n: c for (is_model, n), c in err.items() if not is_model}, best_match=best_match, tuned=tuned)
+        learner_error={n: c for (is_model, n), c in err.items() if not is_model}, best_match=best_match, tuned=tuned,
+        spd_ci=spd_ci_t)

@@ -62,6 +62,7 @@ class TrainedVsGDResult:
     sensitivity_cos: float
     sensitivity_l2: float
     ood: dict = field(default_factory=dict)  # scales, trained, gd_same_eta, gd_best_eta
+    intervals: dict = field(default_factory=dict)  # loss_trained, loss_gd, sensitivity_cos, preds_diff: 95% bootstrap over tasks
 
     @property
     def loss_ratio(self) -> float:
@@ -143,7 +144,14 @@ def trained_vs_gd(model, *, n_tasks: int = 10_000, seed: int = 5, x_dist: Litera
             ood["trained"].append(_half_mse(_predict(module, b), b))
             ood["gd_same_eta"].append(_half_mse(gd_one_step(b, eta), b))
             ood["gd_best_eta"].append(best_gd_eta(b, etas)[1])
+    from interp.scoring import bootstrap_mean_interval
+
+    y_q = batch.y[:, -1].double()
+    per_task = {"loss_trained": 0.5 * (y_tf - y_q).pow(2), "loss_gd": 0.5 * (y_gd - y_q).pow(2), "sensitivity_cos": cos,
+                "preds_diff": (y_tf - y_gd).abs()}
+    intervals = {name: bootstrap_mean_interval(v.reshape(-1), seed=seed) for name, v in per_task.items()}
     return TrainedVsGDResult(
+        intervals=intervals,
         model=module.cfg.to_dict(), d=d, n_points=n_points, n_tasks=n_tasks, seed=seed, x_dist=x_dist, x_range=float(x_range),
         loss={"trained": _half_mse(y_tf, batch), "gd": gd_loss, "ols": _half_mse(ols(batch), batch),
               "zero": float(0.5 * batch.y[:, -1].double().pow(2).mean())},

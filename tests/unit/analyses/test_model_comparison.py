@@ -12,18 +12,14 @@ import pytest
 import torch
 
 from analyses.model_comparison import ModelRuns, compare_models, compare_runs, verdict
-from interp.prompts import Template
 from interp.scoring import bootstrap_mean_interval
-from interp.tasks import Example, Task
 
-WORDS = ["x", "y"]
-INPUTS = [f"{a}{b} {c}{d}" for a, b, c, d in zip("abcdefghijklmnopqrstu", "bcdefghijklmnopqrstuv", "mnopqrstuvwxyzabcdefg", "qrstuvwxyzabcdefghijk")]
+from tests.conftest import TOY_INPUTS as INPUTS, TOY_WORDS as WORDS, make_toy_task
 
 
 @pytest.fixture(scope="module")
 def task():
-    return Task("toy", [Example(t, WORDS[i % 2], i % 2) for i, t in enumerate(INPUTS)], kind="classification",
-                label_words=WORDS, template=Template(space_before_text=False))
+    return make_toy_task()
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,14 @@ from interp.finetune import GDConfig
 from interp.prompts import Template, build_icl_batch
 from interp.tasks import Example, Task
 
-WORDS = ["x", "y"]
-INPUTS = [f"{a}{b} {c}{d}" for a, b, c, d in zip("abcdefghijklmnopqrstu", "bcdefghijklmnopqrstuv", "mnopqrstuvwxyzabcdefg", "qrstuvwxyzabcdefghijk")]
+from tests.conftest import TOY_INPUTS as INPUTS, TOY_WORDS as WORDS, make_toy_task
 K, N, SEED = 2, 4, 1
 GD = GDConfig(lr=0.1, loss="all")
 
 
 @pytest.fixture(scope="module")
 def task():
-    return Task("toy", [Example(t, WORDS[i % 2], i % 2) for i, t in enumerate(INPUTS)], kind="classification",
-                label_words=WORDS, template=Template(space_before_text=False))
+    return make_toy_task()
 
 
 @pytest.fixture(scope="module")
