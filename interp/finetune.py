@@ -30,6 +30,19 @@ import torch
 from interp.plain import plain_twin
 
 
+def describe_gd(config) -> str:
+    """A :class:`GDConfig` (or its ``to_dict()``) in words, for reports: "k_proj+v_proj, SGD lr
+    0.01, 1 epoch, batch 1, loss on every demo token"."""
+    c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    params = {"kv": "k_proj+v_proj of every layer", "all": "every parameter"}.get(c["params"], c["params"])
+    if str(c["params"]).startswith("wv:"):
+        params = f"W_V of layer {c['params'][3:]}"
+    loss = "every demo token" if c["loss"] == "all" else "the label token"
+    epochs = f"{c['epochs']} epoch" + ("s" if c["epochs"] != 1 else "")
+    return (f"{params}, {c['optimizer'].upper() if c['optimizer'] == 'sgd' else 'Adam'} lr {c['lr']:g}, {epochs}, batch "
+            f"{c['batch_size']}, loss on {loss}" + (", layer-causal" if c.get("layer_causal") else ""))
+
+
 @dataclass(frozen=True)
 class GDConfig:
     """How the copy is fine-tuned (see the module docstring for the papers' settings)."""

@@ -189,6 +189,7 @@ class IclVsGdResult:
 
     def summary(self) -> str:
         from analyses.report.html import fmt
+        from interp.finetune import describe_gd
 
         pl = self.per_layer
 
@@ -200,7 +201,7 @@ class IclVsGdResult:
         d = self.distributions
         none = "undefined (no head has a defined value)"
         lines = [
-            f"ICL vs GD on {self.task} ({self.model}, k={self.k}, n={self.n}, seed {self.seed}; GD: {self.config})",
+            f"ICL vs GD on {self.task} ({self.model}, k={self.k}, n={self.n}, seed {self.seed}; GD: {describe_gd(self.config)})",
             f"  accuracy ZS {a['zs']['accuracy']:.3f}, ICL {a['icl']['accuracy']:.3f}, GD {a['gd']['accuracy']:.3f}; "
             f"Rec2FTP {fmt(self.rec2ftp, '.1f', self.REC2FTP_UNDEFINED)}{'%' if self.rec2ftp == self.rec2ftp else ''}",
             f"  SimAOU {fmt(mean(pl['simaou']))} (random update {fmt(mean(pl['simaou_random']))})",

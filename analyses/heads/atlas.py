@@ -156,6 +156,46 @@ class HeadScoresResult:
             lines.append("")
         return "\n".join(lines).rstrip()
 
+    def rankings_table(self, top: int = 10):
+        """The top heads per score as one sortable HTML table (score, unit, rank, head, value)."""
+        from analyses.report.tables import Table
+
+        rows = [{"score": name, "unit": UNITS[name], "rank": i, "head": f"L{r['layer']}H{r['head']}",
+                 "value": "undefined" if r["value"] is None or r["value"] != r["value"] else f"{r['value']:.4f}"}
+                for name in self.scores for i, r in enumerate(self.ranking(name, top), 1)]
+        return Table.from_dicts(rows, caption=f"Top {top} heads per score", sortable=True)
+
+    def correlations_table(self):
+        """Spearman ρ between the scores over the layer × head cells, as an HTML table."""
+        from analyses.report.tables import Table
+
+        names = list(self.scores)
+        rows = [[a] + ["–" if self.correlations[a][b] is None else f"{self.correlations[a][b]:.3f}" for b in names] for a in names]
+        return Table(["score"] + names, rows, caption="Spearman correlation between the per-head scores")
+
+    def atlas_figure(self):
+        """One interactive layer × head heatmap: a menu picks the score shown, and hovering a
+        head shows every score of that head."""
+        import plotly.graph_objects as go
+
+        names = list(self.scores)
+
+        def cell(name, l, h):
+            v = self.scores[name][l][h]
+            return "–" if v is None or v != v else f"{v:.4f}"
+
+        text = [["<br>".join(f"{name}: {cell(name, l, h)} {UNITS[name]}" for name in names) for h in range(self.n_heads)]
+                for l in range(self.n_layers)]
+        fig = go.Figure(go.Heatmap(z=self.scores[names[0]], text=text, colorscale="Viridis", colorbar=dict(title=UNITS[names[0]]),
+                                   hovertemplate="layer %{y}, head %{x}<br>%{text}<extra></extra>"))
+        fig.update_layout(
+            title=f"Head atlas: every score of every head (hover a cell; the menu picks the colour)<br><sub>{self.setting}</sub>",
+            xaxis_title="head", yaxis_title="layer",
+            updatemenus=[dict(buttons=[dict(label=name, method="restyle",
+                                            args=[{"z": [self.scores[name]], "colorbar.title.text": UNITS[name]}]) for name in names],
+                              direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")])
+        return fig
+
     def correlations_text(self) -> str:
         names = list(self.scores)
         width = max(len(n) for n in names)
@@ -166,6 +206,8 @@ class HeadScoresResult:
         return "\n".join(lines)
 
     def summary(self) -> str:
+        from interp.finetune import describe_gd
+
         lines = [f"Per-head scores on {self.task} ({self.model}, k={self.k}, n={self.n}, seed {self.seed}; "
                  f"{self.n_layers} layers × {self.n_heads} heads)"]
         for name in self.scores:
@@ -186,7 +228,7 @@ class HeadScoresResult:
             lines.append(f"  aie: {a['n_corrupted']} shuffled-label prompts; clean ICL accuracy {a['clean_icl']['accuracy']:.3f}, zero-shot "
                          f"{a['zero_shot']['accuracy']:.3f} -> {a['zero_shot_with_fv']['accuracy']:.3f} with the function vector at layer {a['edit_layer']}")
         if "dual_form_gd" in d:
-            lines.append(f"  dual_form_gd: GD copy fine-tuned with {d['dual_form_gd']['config']}")
+            lines.append(f"  dual_form_gd: GD copy fine-tuned with {describe_gd(d['dual_form_gd']['config'])}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -397,6 +439,7 @@ def run_heads_report(model, task="sentiment", *, out: str | Path | None, k: int 
     from interp.tasks import resolve_task
     from interp.protocol import task_protocol, template_protocol
 
+    from analyses.report.tables import Table
     from analyses.resumable import model_args, resumable
 
     task = resolve_task(task)
@@ -410,9 +453,12 @@ def run_heads_report(model, task="sentiment", *, out: str | Path | None, k: int 
     n_scores = len(result.scores)
     sections = [
         ("Summary", result.summary() + "\n\nwall time (s): " + ", ".join(f"{a} {b:.1f}" for a, b in result.seconds.items()), []),
-        (f"Ranked heads (top {top} per score)", result.rankings_text(top), []),
-        ("Per-head scores (layer × head)", "\n".join(f"{s}: {DESCRIPTIONS[s]} [{UNITS[s]}]" for s in result.scores), figs[:n_scores]),
-        ("Correlation between the scores (Spearman over heads)", result.correlations_text(), figs[n_scores:n_scores + (n_scores > 1)]),
+        ("Head atlas", None, [result.atlas_figure()]),
+        (f"Ranked heads (top {top} per score)", result.rankings_table(top), []),
+        ("Per-head scores (layer × head)", Table(["score", "what it measures", "unit"],
+                                                [[s, DESCRIPTIONS[s], UNITS[s]] for s in result.scores]), figs[:n_scores]),
+        ("Correlation between the scores (Spearman over heads)", result.correlations_table() if n_scores > 1 else None,
+         figs[n_scores:n_scores + (n_scores > 1)]),
         ("Top heads' attention on an example prompt", result.example.get("text", ""), figs[n_scores + (n_scores > 1):]),
     ]
     write_run(out, results, f"Per-head scores — {result.setting}", sections, model=model,

@@ -129,10 +129,51 @@ def write_run(out: str | os.PathLike | None, results: dict, title: str, sections
     and the analysis's own choices)."""
     if out is None:
         return
+    import sys
+
+    from interp.protocol import package_versions
+
     if model is not None and hasattr(model, "provenance"):
         from interp.protocol import model_protocol
 
         results = {**results, "model_info": model.provenance(), "protocol": {**model_protocol(model), **(protocol or {})}}
+    elif protocol:
+        results = {**results, "protocol": {"versions": package_versions(), **protocol}}
+    results = dict(results)
+    results.setdefault("command_line", " ".join(["icl-interp" if a.endswith("icl-interp") else a for a in sys.argv]))
     out = Path(out)
     write_json_atomic(out / "results.json", results)
-    write_report(out / "report.html", title, sections)
+    write_report(out / "report.html", title, [*sections, ("Provenance", provenance_block(results), [])])
+
+
+def _flat(d: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dict → [("a.b", "value")], lists shown comma-separated, None as an en dash."""
+    rows = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            rows += _flat(v, key + ".")
+        elif isinstance(v, (list, tuple)):
+            rows.append((key, ", ".join("–" if x is None else str(x) for x in v) if len(v) <= 40 else f"{len(v)} values (in results.json)"))
+        else:
+            rows.append((key, "–" if v is None else str(v)))
+    return rows
+
+
+def provenance_block(results: dict) -> list:
+    """Where a report's numbers come from: command line, model, weights hash, engine, seed and
+    versions as a definition list, then every protocol entry in a table."""
+    from analyses.report.tables import Provenance, Table
+
+    protocol = dict(results.get("protocol") or {})
+    info = results.get("model_info") or {}
+    versions = protocol.pop("versions", None) or {}
+    items = {"command line": results.get("command_line", "–"), "model": info.get("model", results.get("model", "–")),
+             "weights SHA-256": protocol.pop("weights_sha256", "–"), "engine": info.get("engine", results.get("engine", "–")),
+             "seed": results.get("seed", protocol.get("seed", "–")),
+             "versions": ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "–"}
+    blocks = [Provenance(items)]
+    rows = _flat(protocol)
+    if rows:
+        blocks.append(Table(["protocol entry", "value"], rows, caption="Protocol (also in results.json)", sortable=len(rows) > 10))
+    return blocks

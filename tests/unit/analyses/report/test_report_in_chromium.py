@@ -423,3 +423,91 @@ def test_probe_and_screenshot_detect_a_report_without_plotly(chromium, report, t
     assert sum("Plotly is not defined" in e for e in result["errors"]) == N_FIGURES, result["errors"]
     stats = pixel_stats(shot)
     assert stats["non_background"] < 0.05, f"a page without figures should look nearly blank: {stats}"
+
+
+# ----------------------------------------------------------------------------------------------
+# every report kind the commands write, on tiny models: readable HTML and no JavaScript error
+
+KINDS = ("kernel", "icl-vs-gd", "heads", "linreg", "compare", "reproduce", "reproduce-index")
+
+
+@pytest.fixture(scope="module")
+def report_kinds(char_tokenizer, tmp_path_factory, monkeypatch_module) -> dict:
+    """kind → report.html written by the function its command calls (tiny models, toy task)."""
+    import copy
+
+    import torch
+
+    from analyses.gd.report import run_icl_vs_gd_analysis
+    from analyses.heads.atlas import run_heads_report
+    from analyses.kernel.report import run_kernel_analysis
+    from analyses.linreg.report import run_linreg_analysis
+    from analyses.model_comparison import compare_models
+    from analyses.reproduce import paper_module
+    from analyses.reproduce.run import reproduce
+    from interp import load_model
+    from interp.finetune import GDConfig
+    from tests.conftest import make_tiny_llama, make_toy_task
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("kinds")
+    task = make_toy_task()
+    models = []
+    for s in (0, 1):
+        models.append(load_model(make_tiny_llama(seed=s, n_ctx=512), tokenizer=copy.deepcopy(char_tokenizer)))
+        models[-1].name = f"tiny-{s}"
+    m = models[0]
+    run_kernel_analysis(m, task, k=2, n=8, seed=1, out=root / "kernel", similarity_n=4, probes_n=8, anchors_n=4)
+    run_icl_vs_gd_analysis(m, task, k=2, n=6, seed=1, orders=2, orders_n=4, out=root / "icl-vs-gd")
+    run_heads_report(m, task, out=root / "heads", k=2, n=4, seed=1, gd_config=GDConfig(lr=0.1, loss="all"), fv_mean_over="all")
+    run_linreg_analysis("lsa-d10-n10", root / "linreg", n_tasks=256, parts=["gd", "algorithms"])
+    compare_models(models, task, ks=(0, 2), k=2, n=8, gd_n=4, orders_n=4, n_orders=2, heads_n=4, seed=1, out=root / "compare")
+    han = paper_module("han2023")
+    monkeypatch_module.setattr(han, "dataset_task", lambda name, fallback=None: (task, None))
+    monkeypatch_module.setitem(han.BUDGETS, "smoke", {"datasets": ("sst2",), "k": 2, "n": 10, "similarity_n": 4, "probes_n": 6,
+                                                      "map_n": 4, "offsets": (0,)})
+    for key, sizes in (("vonoswald2023", {"n_tasks": 256}), ("akyurek2022", {"ks": (5,), "n_tasks": 64})):
+        monkeypatch_module.setitem(paper_module(key).BUDGETS, "smoke", sizes)
+    reproduce(["han2023", "vonoswald2023", "akyurek2022"], m, "smoke", out=root / "reproduce")
+    paths = {kind: root / kind / "report.html" for kind in KINDS[:-2]}
+    paths["reproduce"] = root / "reproduce" / "han2023" / "report.html"
+    paths["reproduce-index"] = root / "reproduce" / "report.html"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_report_kind_is_readable(report_kinds, kind):
+    """No <pre> holds a Python dict, no "nan" anywhere a reader sees, every figure titled with
+    both axis titles (plotly's JSON in the page), a provenance block with the command line."""
+    text = report_kinds[kind].read_text(encoding="utf-8")
+    for pre in re.findall(r"<pre>(.*?)</pre>", text, flags=re.S):
+        body = html.unescape(pre)
+        assert not re.search(r"\{\s*['\"][^'\"]+['\"]\s*:", body), f"{kind}: a dict dumped in <pre>: {body[:300]}"
+    visible = re.sub(r"<script.*?</script>", "", text, flags=re.S)
+    assert not re.search(r"\bnan\b", visible, flags=re.I), f"{kind}: 'nan' in the report"
+    assert "<h2>Provenance</h2>" in text and "command line" in text
+    for spec in re.findall(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{"responsive"', text, flags=re.S):
+        layout = json.loads(spec[1])
+        title = (layout.get("title") or {}).get("text")
+        assert title, f"{kind}: a figure without a title"
+        for axis in ("xaxis", "yaxis"):
+            assert ((layout.get(axis) or {}).get("title") or {}).get("text"), f"{kind}: {title!r} has no {axis} title"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_report_kind_opens_without_javascript_errors(chromium, report_kinds, kind, tmp_path):
+    probe = tmp_path / "probe.html"
+    probe.write_text(with_probe(report_kinds[kind].read_text(encoding="utf-8")), encoding="utf-8")
+    dom, log = run_chromium(chromium, probe, tmp_path / "chromium")
+    result = probe_result(dom)
+    assert result["errors"] == [], f"{kind}: JavaScript errors: {result['errors']}"
+    assert uncaught_in_log(log) == [], f"{kind}: Chromium logged uncaught errors"
+    assert result["rendered"] == result["figures"] and (result["done"] or result["figures"] == 0), result
