@@ -100,6 +100,17 @@ def _linreg_text(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _linreg_blocks(r: dict) -> list:
+    """The lab's numbers for the report: the LSA line as text, the GPT's error curve as a table."""
+    from analyses.report.tables import Table
+
+    gpt = r["gpt"]
+    rows = [[name, *(f"{x:.4f}" for x in vals)] for name, vals in
+            [("GPT", gpt.model_error["softmax GPT"]["mean"]), *((n, v["mean"]) for n, v in gpt.learner_error.items())]]
+    return [_linreg_text(r).split("\n")[0],
+            Table(["predictor", *(f"k={k}" for k in gpt.k)], rows, caption="softmax GPT (d=5): normalised error (ŷ−y)²/d")]
+
+
 def _model_parts(model, run, parts, n, seed, progress, seconds) -> tuple[dict, list, object]:
     """The per-model parts of the demo on one loaded model: (data, report sections, ModelRuns)."""
     from analyses.model_comparison import ModelRuns
@@ -115,7 +126,7 @@ def _model_parts(model, run, parts, n, seed, progress, seconds) -> tuple[dict, l
         print(table)
         data["icl_accuracy"] = {t: r.to_dict() for t, r in acc.items()}
         runs.accuracy = acc["sentiment"]
-        sections.append((f"ICL accuracy vs k — {setting}", table, [f for r in acc.values() for f in r.figures()]))
+        sections.append((f"ICL accuracy vs k — {setting}", accuracy_table(acc), [f for r in acc.values() for f in r.figures()]))
     if "kernel" in parts:
         from analyses.kernel.reconstruction import kernel_reconstruction
 
@@ -142,7 +153,7 @@ def _model_parts(model, run, parts, n, seed, progress, seconds) -> tuple[dict, l
         data["heads"] = hs.to_dict()
         runs.heads = hs
         sections.append((f"Head attribution: every per-head score side by side — {setting}",
-                         hs.rankings_text(top=5) + "\n\n" + hs.correlations_text(), hs.figures()))
+                         [hs.rankings_table(top=5), hs.correlations_table()], [hs.atlas_figure(), *hs.figures()]))
     return data, sections, runs
 
 
@@ -188,14 +199,14 @@ def run_demo(models: Sequence[str] = DEMO_MODELS, engine: str = "transformer-len
         text = _linreg_text(lr)
         print(text)
         data["linreg"] = {name: r.to_dict() for name, r in lr.items()}
-        sections.append(("Linear-regression lab: trained transformers against gradient descent", text,
+        sections.append(("Linear-regression lab: trained transformers against gradient descent", _linreg_blocks(lr),
                          [lr["lsa"].figures()[0], lr["gpt"].figures()[-1]]))
     if len(all_runs) > 1 and {"accuracy", "kernel", "icl_vs_gd", "heads"} & set(parts):
         comparison = compare_runs(all_runs, "sentiment", {"seed": seed, "k": 4, "note": "the demo's own parts, sentiment, side by side"})
         print(comparison.summary())
         data["comparison"] = comparison.to_dict()
         sections.append((f"Comparison across models: {', '.join(comparison.models)} (last section)",
-                         comparison.summary() + "\n\n" + comparison.table_text(), comparison.figures()))
+                         [comparison.summary(), comparison.table()], comparison.figures()))
     add_licence_notices(data, sections, models)
     data["resumed_parts"] = run.summary()
     data["seconds"] = {"total": round(time.time() - start, 1), **seconds}
@@ -205,6 +216,17 @@ def run_demo(models: Sequence[str] = DEMO_MODELS, engine: str = "transformer-len
     write_run(out, data, f"icl-interp demo — {', '.join(models)}", sections)
     print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'} ({data['seconds']['total']} s)")
     return data
+
+
+def accuracy_table(results: dict):
+    """ICL accuracy per task and k with Wilson intervals, as an HTML table."""
+    from analyses.report.tables import Table
+
+    first = next(iter(results.values()))
+    rows = [[task] + [f"{r.accuracy[k]['accuracy']:.2f} [{r.accuracy[k]['ci_low']:.2f}, {r.accuracy[k]['ci_high']:.2f}]" for k in first.ks]
+            for task, r in results.items()]
+    return Table(["task", *(f"k={k}" for k in first.ks)], rows,
+                 caption=f"ICL accuracy (95% Wilson interval), n={first.n} queries per task")
 
 
 def format_table(results: dict) -> str:

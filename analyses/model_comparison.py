@@ -207,6 +207,26 @@ class ModelComparison:
             lines.append(f"      → {r.verdict}")
         return "\n".join(lines).lstrip("\n")
 
+    def table(self):
+        """Every row as one sortable HTML table: section, quantity, setting, each model's value
+        [95% interval], and the verdict."""
+        from analyses.report.tables import Table
+
+        def cell(v):
+            if v is None:
+                return "–"
+            from analyses.report.html import fmt
+
+            text = fmt(v["value"], ".3g")
+            if v["low"] is not None and v["high"] is not None:
+                text += f" [{fmt(v['low'], '.3g')}, {fmt(v['high'], '.3g')}]"
+            return text + (f" ({v['note']})" if v.get("note") else "")
+
+        rows = [{"section": r.section, "quantity": r.quantity, "setting": r.setting, **{m: cell(r.values.get(m)) for m in self.models},
+                 "where they differ": r.verdict} for r in self.rows]
+        return Table(["section", "quantity", "setting", *self.models, "where they differ"], rows,
+                     caption=f"{len(self.rows)} rows, {len(self.disagreements())} differ beyond the 95% intervals", sortable=True)
+
     def summary(self) -> str:
         d = self.disagreements()
         head = (f"Comparison of {', '.join(self.models)} on {self.task} (seed {self.protocol.get('seed')}): "
@@ -382,7 +402,9 @@ def write_comparison(out, result: ModelComparison, runs: Sequence[ModelRuns], in
         per_model[r.name]["icl_vs_gd"] = {s: x.to_dict() for s, x in r.gd.items()}
     data = {**result.to_dict(), "per_model": per_model, "model_info": infos or {}, "resumed_parts": resumed or {},
             "protocol": {"compare": result.protocol, "models": protocols or {}}}
-    sections = [("Where the models disagree", result.summary() + "\n\nRule: " + RULE, []),
-                ("Every row, side by side", result.table_text(), result.figures())]
+    from analyses.report.tables import Paragraphs
+
+    sections = [("Where the models disagree", [result.summary(), Paragraphs(["Rule: " + RULE])], []),
+                ("Every row, side by side", result.table(), result.figures())]
     add_licence_notices(data, sections, result.models)
     write_run(out, data, f"icl-interp compare — {', '.join(result.models)} on {result.task}", sections)

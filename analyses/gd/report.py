@@ -46,6 +46,14 @@ def run_icl_vs_gd_analysis(model, task, *, k: int = 8, n: int = 100, seed: int =
 
     protocol = {**template_protocol(task.template, "left"), **task_protocol(task), "gd_config": config.to_dict(), "record": result.record,
                 "order_sensitivity_orders": orders}
+    from analyses.reproduce.claims import verdict_section
+    from analyses.reproduce.common import our_setting
+    from analyses.reproduce.dai2023 import PAPER_SETTING, gd_claims
+    from interp.finetune import describe_gd
+
+    claims = gd_claims(result, {**PAPER_SETTING, "dataset": "six datasets"},
+                       our_setting(model, task.name, result.k, result.n, other=describe_gd(config)), "Dai et al. Tables 1–5", {})
+    sections.insert(0, verdict_section(claims, "Dai et al. 2023's findings on this run"))
     write_run(out, results, f"Is ICL gradient descent? — {model.name}, {task.name}, k={k}, n={result.n}, seed {seed}", sections,
               model=model, protocol=protocol)
     return results

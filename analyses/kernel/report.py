@@ -73,6 +73,14 @@ def run_kernel_analysis(model, task: str | Task, *, k: int = 4, n: int = 100, se
     from interp.protocol import batch_protocol, task_protocol
 
     protocol = {**task_protocol(task), **batch_protocol(prompts), "kernel_weight": "max", "span_rules": ["block", "input+label"]}
+    from analyses.reproduce.claims import verdict_section
+    from analyses.reproduce.han2023 import table2_claims
+    from analyses.reproduce.wang2023 import anchor_claims
+
+    claims = (table2_claims(model, task, recon) if recon is not None else []) + (anchor_claims(model, task, anchors, seed=seed)
+                                                                                 if "anchors" in parts else [])
+    if claims:
+        sections.insert(0, verdict_section(claims, "Han et al. 2023 (Table 2) and Wang et al. 2023 (Figs. 3–5) on this run"))
     write_run(out, results, f"Attention as kernel regression — {model.name}, {task.name}, k={k}, n={n}, seed {seed}", sections,
               model=model, protocol=protocol)
     return results

@@ -108,6 +108,7 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
         r = part("gd", lambda: trained_vs_gd(model, n_tasks=max(n_tasks, 10_000) if cfg.kind == "lsa" else n_tasks,
                                              seed=5 if cfg.kind == "lsa" else seed))
         results["trained_vs_gd"] = r.to_dict()
+        r_gd = r
         sections.append(("Trained model vs one GD step", (
             f"loss: trained {r.loss['trained']:.4g}, one GD step {r.loss['gd']:.4g} (ratio {r.loss_ratio:.4f}), OLS {r.loss['ols']:.3g}, "
             f"zero {r.loss['zero']:.4g}\nline-search η {r.gd_eta:.4g}; effective η of the model {r.eta_effective:.4g} "
@@ -150,6 +151,11 @@ def run_linreg_analysis(checkpoint, out: str | Path | None = None, *, parts: Seq
             f"vote {r.agreement['attention_vote']:.3f}"), r.figures()))
     if run is not None:
         results["resumed_parts"] = run.summary()
+    if "trained_vs_gd" in results:
+        from analyses.reproduce.claims import verdict_section
+        from analyses.reproduce.vonoswald2023 import gd_check_claims
+
+        sections.insert(0, verdict_section(gd_check_claims(r_gd, name), "von Oswald et al. 2023's findings on this model"))
     write_run(out, results, f"Linear-regression lab: {name}", sections)
     return results
 

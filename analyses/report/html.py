@@ -140,7 +140,10 @@ def write_run(out: str | os.PathLike | None, results: dict, title: str, sections
     elif protocol:
         results = {**results, "protocol": {"versions": package_versions(), **protocol}}
     results = dict(results)
-    results.setdefault("command_line", " ".join(["icl-interp" if a.endswith("icl-interp") else a for a in sys.argv]))
+    argv = list(sys.argv) or [""]
+    if Path(argv[0]).name in ("icl-interp", "cli.py", "__main__.py"):
+        argv[0] = "icl-interp"
+    results.setdefault("command_line", " ".join(argv))
     out = Path(out)
     write_json_atomic(out / "results.json", results)
     write_report(out / "report.html", title, [*sections, ("Provenance", provenance_block(results), [])])

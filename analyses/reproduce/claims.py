@@ -187,3 +187,15 @@ class PaperResult:
 
     def figures(self) -> list:
         return list(self.figure_list)
+
+
+def verdict_section(claims: list[Claim], what: str) -> tuple:
+    """The report section that opens a command's report: the papers' findings this run tests, each
+    with the paper's number beside ours and a verdict (a sortable table), then the rule."""
+    from analyses.report.tables import Paragraphs, Table
+
+    counts = {v: sum(c.verdict == v for c in claims) for v in (REPRODUCES, DOES_NOT, NOT_COMPARABLE)}
+    table = Table.from_dicts([c.row() for c in claims], sortable=len(claims) > 10,
+                             caption=f"{what}: {counts[REPRODUCES]} of {len(claims)} findings reproduce, {counts[DOES_NOT]} do not, "
+                                     f"{counts[NOT_COMPARABLE]} not comparable")
+    return ("Verdicts", [table, Paragraphs([f"Verdict rule: {RULE}"])], [])

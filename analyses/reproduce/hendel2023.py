@@ -27,7 +27,7 @@ PAPER_SETTING = {"model": "GPT-J", "size": "6B", "k": 5, "n": "50 dev / 50 test 
 TASKS = ("country-capital", "antonym", "present-past", "english-french", "singular-plural", "capitalize")
 BUDGETS = {
     "smoke": {"tasks": ("country-capital",), "k": 5, "n_dev": 20, "n_test": 30},
-    "small": {"tasks": TASKS, "k": 5, "n_dev": 50, "n_test": 50},
+    "small": {"tasks": TASKS, "k": 5, "n_dev": 40, "n_test": 50},
     "paper": {"tasks": TASKS, "k": 5, "n_dev": 50, "n_test": 100},
 }
 

@@ -27,7 +27,8 @@ PAPER_SETTING = {"model": "GPT-J", "size": "6B", "k": 10, "n": "100 clean, 25 co
 TASKS = ("antonym", "capitalize", "country-capital", "english-french", "present-past", "singular-plural")
 BUDGETS = {
     "smoke": {"tasks": ("country-capital",), "k": 10, "n_clean": 16, "n_corrupted": 6, "n_eval": 40},
-    "small": {"tasks": TASKS, "k": 10, "n_clean": 40, "n_corrupted": 12, "n_eval": 100},
+    "small": {"tasks": ("antonym", "country-capital", "english-french", "present-past"), "k": 10, "n_clean": 30, "n_corrupted": 10,
+              "n_eval": 100},
     "paper": {"tasks": TASKS, "k": 10, "n_clean": 100, "n_corrupted": 25, "n_eval": 300},
 }
 

@@ -29,7 +29,7 @@ CITATION = "Wang et al. 2023, Label words are anchors"
 PAPER_SETTING = {"model": "GPT2-XL, GPT-J", "size": "1.5B, 6B", "dataset": "SST-2", "k": "1 per class", "n": 1000}
 BUDGETS = {
     "smoke": {"datasets": ("sst2",), "n": 16},
-    "small": {"datasets": ("sst2", "agnews", "trec"), "n": 100},
+    "small": {"datasets": ("sst2", "agnews", "trec"), "n": 60},
     "paper": {"datasets": ("sst2", "agnews", "trec"), "n": 1000},
 }
 
@@ -53,6 +53,43 @@ def _boot_shares(flows: torch.Tensor, layers: slice, seed: int, resamples: int =
     return {name: Estimate(float(point[i]), float(lo[i]), float(hi[i]), n) for i, name in enumerate(names)}
 
 
+def anchor_claims(model, task, r, paper_setting: dict | None = None, seed: int = 0) -> list[Claim]:
+    """Figs. 3–5's findings for one :class:`~analyses.kernel.anchors.AnchorsResult` (also the
+    anchors verdicts of ``icl-interp kernel``'s report)."""
+    paper_setting = paper_setting or PAPER_SETTING
+    out = []
+    setting = our_setting(model, task.name, f"{r.k}" + (" (1 per class)" if r.k == len(task.label_words) else ""), r.n)
+    L = len(r.s_wp)
+    third = max(1, L // 3)
+    flows = torch.tensor(r.flows_per_row, dtype=torch.float64)
+    shallow = _boot_shares(flows, slice(0, third), seed)
+    deep = _boot_shares(flows, slice(L - third, L), seed)
+    out.append(Claim(f"Fig. 3, {task.name}", "in the shallow layers (first third) the flow from the text into the label "
+                        "words exceeds the flow from the label words to the query (S_wp − S_pq > 0)",
+                        "shallow layers: S_wp high, S_pq low", paper_setting, shallow["S_wp - S_pq"], setting,
+                        against=Estimate.fixed(0.0), against_label="no difference"))
+    out.append(Claim(f"Fig. 3, {task.name}", "in the deep layers (last third) the flow from the label words to the query "
+                        "dominates (S_wp − S_pq < 0)", "deep layers: S_pq dominant", paper_setting, deep["S_wp - S_pq"], setting,
+                        against=Estimate.fixed(0.0), direction="<", against_label="no difference"))
+    iso = r.isolation
+    n_layers_iso = iso["first"]["label"]["layers"]
+    label_first = wilson(iso["first"]["label"]["label_loyalty"], r.n)
+    out.append(Claim(f"Fig. 4, {task.name}", f"isolating the label words in the first {n_layers_iso} layers changes the "
+                        "prediction more than isolating as many random non-label words (lower label loyalty)",
+                        "first 5 layers: loyalty drops sharply; random words: negligible", paper_setting, label_first, setting,
+                        against=wilson(iso["first"]["random"]["label_loyalty"], r.n), direction="<", against_label="random words"))
+    out.append(Claim(f"Fig. 4, {task.name}", f"isolating the label words in the first {n_layers_iso} layers changes the "
+                        f"prediction more than isolating them in the last {n_layers_iso} layers",
+                        "last 5 layers: negligible effect", paper_setting, label_first, setting,
+                        against=wilson(iso["last"]["label"]["label_loyalty"], r.n), direction="<", against_label="last layers"))
+    last_ci = r.auroc_ci[-1]
+    out.append(Claim(f"Fig. 5, {task.name}", "in the last layer the attention from the query to each class's label words "
+                        "predicts the model's output (AUCROC_l > 0.5)", "AUCROC_l ≈ 0.8 in deep layers (averaged over tasks)",
+                        paper_setting, Estimate(r.auroc[-1], *(last_ci or (None, None)), r.n), setting,
+                        against=Estimate.fixed(0.5), against_label="chance (0.5)"))
+    return out
+
+
 def run(model, budget: dict, part, seed: int = 0) -> PaperResult:
     from analyses.kernel.anchors import anchors_analysis
     from interp.prompts import per_class
@@ -70,35 +107,7 @@ def run(model, budget: dict, part, seed: int = 0) -> PaperResult:
         k = len(task.label_words)  # one demo per class
         r = part(f"anchors.{name}", lambda: anchors_analysis(model, task, k=k, n=budget["n"], seed=seed, select=per_class(1)))
         details[f"anchors.{name}"] = r.to_dict()
-        setting = our_setting(model, task.name, f"{k} (1 per class)", r.n)
-        L = len(r.s_wp)
-        third = max(1, L // 3)
-        flows = torch.tensor(r.flows_per_row, dtype=torch.float64)
-        shallow = _boot_shares(flows, slice(0, third), seed)
-        deep = _boot_shares(flows, slice(L - third, L), seed)
-        claims.append(Claim(f"Fig. 3, {task.name}", "in the shallow layers (first third) the flow from the text into the label "
-                            "words exceeds the flow from the label words to the query (S_wp − S_pq > 0)",
-                            "shallow layers: S_wp high, S_pq low", paper_setting, shallow["S_wp - S_pq"], setting,
-                            against=Estimate.fixed(0.0), against_label="no difference"))
-        claims.append(Claim(f"Fig. 3, {task.name}", "in the deep layers (last third) the flow from the label words to the query "
-                            "dominates (S_wp − S_pq < 0)", "deep layers: S_pq dominant", paper_setting, deep["S_wp - S_pq"], setting,
-                            against=Estimate.fixed(0.0), direction="<", against_label="no difference"))
-        iso = r.isolation
-        n_layers_iso = iso["first"]["label"]["layers"]
-        label_first = wilson(iso["first"]["label"]["label_loyalty"], r.n)
-        claims.append(Claim(f"Fig. 4, {task.name}", f"isolating the label words in the first {n_layers_iso} layers changes the "
-                            "prediction more than isolating as many random non-label words (lower label loyalty)",
-                            "first 5 layers: loyalty drops sharply; random words: negligible", paper_setting, label_first, setting,
-                            against=wilson(iso["first"]["random"]["label_loyalty"], r.n), direction="<", against_label="random words"))
-        claims.append(Claim(f"Fig. 4, {task.name}", f"isolating the label words in the first {n_layers_iso} layers changes the "
-                            f"prediction more than isolating them in the last {n_layers_iso} layers",
-                            "last 5 layers: negligible effect", paper_setting, label_first, setting,
-                            against=wilson(iso["last"]["label"]["label_loyalty"], r.n), direction="<", against_label="last layers"))
-        last_ci = r.auroc_ci[-1]
-        claims.append(Claim(f"Fig. 5, {task.name}", "in the last layer the attention from the query to each class's label words "
-                            "predicts the model's output (AUCROC_l > 0.5)", "AUCROC_l ≈ 0.8 in deep layers (averaged over tasks)",
-                            paper_setting, Estimate(r.auroc[-1], *(last_ci or (None, None)), r.n), setting,
-                            against=Estimate.fixed(0.5), against_label="chance (0.5)"))
+        claims += anchor_claims(model, task, r, paper_setting, seed)
         if name == budget["datasets"][0]:
             figures += r.figures()
     claims.append(Claim("Table 1", "anchor re-weighting (exp(β) on the query→label-word attention, β trained on 4 examples per "
