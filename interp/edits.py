@@ -12,6 +12,9 @@ edited value.
 - :class:`BlockAttentionPairs`: the same with an explicit [batch, q, k] mask of blocked pairs.
 - :class:`ScaleAttention`: multiply post-softmax attention edges by a factor, no renormalisation
   (Wang et al.'s anchor re-weighting A'(q, p) = exp(beta) * A(q, p)).
+- :class:`ReweightAttention`: multiply each layer's post-softmax attention by a factor tensor
+  [batch, head, q, k] that may require grad (Wang et al.'s learned β: exp(β) on the query → label
+  word edges, trained by backpropagating through the edit).
 - :class:`AddVector`: add a vector at a site and positions (function vectors, Todd et al. 2023).
 """
 from __future__ import annotations
@@ -244,6 +247,25 @@ def _scale_fn(pair, heads, factor):
         return torch.where(mask, pattern * f, pattern)
 
     return fn
+
+
+@dataclass
+class ReweightAttention(Edit):
+    """``factors[layer]`` [batch, head, q_pos, k_pos] multiplies that layer's attention
+    probabilities elementwise after the softmax, no renormalisation; gradients flow into the
+    factors (``Model.run(..., grad=True)``)."""
+
+    factors: dict
+
+    def hooks(self, ctx):
+        out = []
+        for layer, f in self.factors.items():
+            want = (ctx.batch, ctx.facts.n_heads, ctx.seq_len, ctx.seq_len)
+            if tuple(f.shape) != want:
+                raise ValueError(f"factors[{layer}] must be [batch, head, pos, pos] = {want}, got {tuple(f.shape)}")
+            site = expand_sites("attn.hook_pattern", [layer], ctx.facts.n_layers)[0]
+            out.append((site, lambda pattern, f=f: pattern * f.to(pattern.device, pattern.dtype)))
+        return out
 
 
 @dataclass

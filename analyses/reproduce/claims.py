@@ -140,7 +140,8 @@ class Claim:
     def to_dict(self) -> dict:
         verdict, reason = self.decide()
         return {"source": self.source, "finding": self.finding, "paper": self.paper, "paper_setting": self.paper_setting,
-                "ours": self.ours.to_dict(), "ours_text": self.ours.text(), "our_setting": self.our_setting,
+                "ours": self.ours.to_dict(), "ours_text": self.ours.text(), "ours_vs": self.row()["ours (95% CI)"],
+                "our_setting": self.our_setting,
                 "against": self.against.to_dict() if self.against else None, "against_label": self.against_label,
                 "direction": self.direction, "kind": self.kind, "paper_value": self.paper_value, "tolerance": self.tolerance,
                 "differs": self.differs, "verdict": verdict, "reason": reason}

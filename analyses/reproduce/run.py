@@ -98,6 +98,6 @@ def _rows(r: dict) -> list[dict]:
     """The verdict-table rows of a results dict (as :meth:`Claim.row` makes them)."""
     out = []
     for c in r["claims"]:
-        out.append({"source": c["source"], "finding": c["finding"], "paper": c["paper"], "ours (95% CI)": c["ours_text"],
+        out.append({"source": c["source"], "finding": c["finding"], "paper": c["paper"], "ours (95% CI)": c.get("ours_vs", c["ours_text"]),
                     "differs": ", ".join(c["differs"]) or "nothing", "verdict": c["verdict"], "why": c["reason"]})
     return out

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from architecture_fixtures import ENGINES, FAMILIES, SEQ, assert_same_fingerprint, facade, family_batch, make_family_model, model_fingerprint  # noqa: E402
 
-from interp.edits import Ablate, AddVector, AttentionKnockout, Patch, ScaleAttention  # noqa: E402
+from interp.edits import Ablate, AddVector, AttentionKnockout, Patch, ReweightAttention, ScaleAttention  # noqa: E402
 from interp.loading import load_model  # noqa: E402
 from interp.model import position_ids_from_mask  # noqa: E402
 
@@ -145,6 +145,12 @@ def _edits_and_references(family, model, ids, mask):
             p[:, 1:3, q, KNOCK_TO] *= 2.5
         return p
 
+    # a learned-β style factor on every edge (Wang et al.'s anchor re-weighting), positive, seeded
+    factor = torch.rand(ids.shape[0], N_HEADS, ids.shape[1], ids.shape[1], generator=g) + 0.5
+
+    def reweight(p):
+        return p * factor
+
     def ablate(z):
         z[:, :, [0, 3]] = 0
         return z
@@ -170,6 +176,7 @@ def _edits_and_references(family, model, ids, mask):
          lambda: _softmax_edit(model, family, LAYER, edit_scores=knock)),
         ("scale", ScaleAttention(KNOCK_FROM, KNOCK_TO, 2.5, layers=LAYER, heads=[1, 2]),
          lambda: _softmax_edit(model, family, LAYER, edit_pattern=scale)),
+        ("reweight", ReweightAttention({LAYER: factor}), lambda: _softmax_edit(model, family, LAYER, edit_pattern=reweight)),
         ("ablate-zero", Ablate("attn.hook_z", layers=LAYER, heads=[0, 3]), lambda: _hooks((z_pre, _z_hook(ablate)))),
         ("ablate-mean", Ablate("attn.hook_z", "mean", layers=LAYER, heads=2, positions="final", mean=mean_z),
          lambda: _hooks((z_pre, _z_hook(mean)))),

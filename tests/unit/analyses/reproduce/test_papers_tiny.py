@@ -16,7 +16,7 @@ from tests.conftest import make_tiny_llama, make_toy_task
 
 TINY = {
     "han2023": {"datasets": ("sst2",), "k": 2, "n": 10, "similarity_n": 4, "probes_n": 6, "map_n": 4, "offsets": (0,)},
-    "wang2023": {"datasets": ("sst2",), "n": 6},
+    "wang2023": {"datasets": ("sst2",), "n": 6, "reweight_n": 6},
     "dai2023": {"datasets": ("sst2",), "k": 2, "n": 6, "lr": "paper"},
     "deutch2024": {"datasets": ("sst2",), "k": 2, "n": 6},
     "shen2023": {"datasets": ("sst2",), "ks": (2,), "n": 6, "orders": 3, "orders_n": 4, "orders_k": 2},
