@@ -19,6 +19,8 @@ with re-weighting 90.07.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from analyses.reproduce.claims import Claim, Estimate, PaperResult
@@ -105,6 +107,7 @@ def run(model, budget: dict, part, seed: int = 0) -> PaperResult:
             claims.append(Claim("Figs. 3–5", f"anchors on {name}", "–", paper_setting, Estimate(float("nan")),
                                 {"model": model.name, "dataset": name}, not_comparable=note))
             continue
+        task = dataclasses.replace(task, label_policy="first-token")  # Wang et al. score the first sub-token of a label word
         k = len(task.label_words)  # one demo per class
         r = part(f"anchors.{name}", lambda: anchors_analysis(model, task, k=k, n=budget["n"], seed=seed, select=per_class(1)))
         details[f"anchors.{name}"] = r.to_dict()
