@@ -153,7 +153,8 @@ def test_the_demo_writes_strict_json_and_a_report_without_nan(hf_smollm2, tmp_pa
     visible = re.sub(r"<script.*?</script>", "", html, flags=re.S)
     assert not re.search(r"\bnan\b", visible, flags=re.I)
     headings = re.findall(r"<h2>(.*?)</h2>", visible)
-    assert headings[-1].startswith("Comparison across models") and "Gemma Terms of Use" in visible
+    assert headings[-1] == "Provenance"  # every report ends with its provenance block
+    assert headings[-2].startswith("Comparison across models") and "Gemma Terms of Use" in visible
 
 
 def test_the_demo_killed_between_parts_resumes(hf_smollm2, tmp_path):
