@@ -185,38 +185,15 @@ class ModelComparison:
                 "rows": [r.to_dict() for r in self.rows], "curves": self.curves, "profiles": self.profiles,
                 "n_disagreements": len(self.disagreements())}
 
-    def table_text(self) -> str:
-        from analyses.report.html import fmt
-
-        def cell(v):
-            if v is None:
-                return "–"
-            text = fmt(v["value"], ".3g")
-            if v["low"] is not None and v["high"] is not None:
-                text += f" [{fmt(v['low'], '.3g')}, {fmt(v['high'], '.3g')}]"
-            return text + (f" ({v['note']})" if v.get("note") else "")
-
-        lines, section = [], None
-        for r in self.rows:
-            if r.section != section:
-                section = r.section
-                lines.append(f"\n{section}")
-            lines.append(f"  {r.quantity} [{r.setting}]")
-            for m in self.models:
-                lines.append(f"      {m:>16}: {cell(r.values.get(m))}")
-            lines.append(f"      → {r.verdict}")
-        return "\n".join(lines).lstrip("\n")
-
     def table(self):
         """Every row as one sortable HTML table: section, quantity, setting, each model's value
         [95% interval], and the verdict."""
+        from analyses.report.html import fmt
         from analyses.report.tables import Table
 
         def cell(v):
             if v is None:
                 return "–"
-            from analyses.report.html import fmt
-
             text = fmt(v["value"], ".3g")
             if v["low"] is not None and v["high"] is not None:
                 text += f" [{fmt(v['low'], '.3g')}, {fmt(v['high'], '.3g')}]"

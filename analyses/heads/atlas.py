@@ -196,15 +196,6 @@ class HeadScoresResult:
                               direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")])
         return fig
 
-    def correlations_text(self) -> str:
-        names = list(self.scores)
-        width = max(len(n) for n in names)
-        fmt = lambda v: f"{v:>8.3f}" if v is not None else f"{'—':>8}"  # noqa: E731
-        lines = [" " * width + "  " + "".join(f"{n[:8]:>8}" for n in names)]
-        for a in names:
-            lines.append(f"{a:<{width}}  " + "".join(fmt(self.correlations[a][b]) for b in names))
-        return "\n".join(lines)
-
     def summary(self) -> str:
         from interp.finetune import describe_gd
 

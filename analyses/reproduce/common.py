@@ -70,6 +70,13 @@ def mean_interval(values, seed: int = 0) -> Estimate:
     return Estimate(sum(xs) / len(xs), ci[0], ci[1], len(xs))
 
 
+def per_query_estimate(r, key: str) -> Estimate:
+    """An :class:`~analyses.gd.icl_vs_gd.IclVsGdResult` metric: the mean of its per-query values
+    (NaNs left out; NaN when none) with the result's own bootstrap interval."""
+    xs = [x for x in r.per_query[key] if x == x]
+    return from_interval(sum(xs) / len(xs) if xs else float("nan"), r.intervals.get(key), r.n)
+
+
 def from_interval(value: float, ci, n: int | None = None) -> Estimate:
     """An estimate from a value and a [low, high] pair (None → no interval)."""
     if ci is None or value is None:

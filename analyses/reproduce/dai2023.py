@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from analyses.reproduce.claims import Claim, Estimate, PaperResult
-from analyses.reproduce.common import dataset_task, from_interval, our_setting, wilson
+from analyses.reproduce.common import dataset_task, our_setting, per_query_estimate, wilson
 
 KEY = "dai2023"
 CITATION = "Dai et al. 2023, Why can GPT learn in-context?"
@@ -38,9 +38,7 @@ BUDGETS = {
 def gd_claims(r, paper_setting: dict, setting: dict, where: str, paper: dict) -> list[Claim]:
     """The Dai metrics of one :class:`~analyses.gd.icl_vs_gd.IclVsGdResult` as claims (shared with
     :mod:`analyses.reproduce.deutch2024`); ``paper`` holds the paper's text per metric."""
-    iv = r.intervals
-    mean = lambda key: sum(v for v in r.per_query[key] if v == v) / max(1, sum(1 for v in r.per_query[key] if v == v))  # noqa: E731
-    est = lambda key: from_interval(mean(key), iv.get(key), r.n)  # noqa: E731
+    est = lambda key: per_query_estimate(r, key)  # noqa: E731
     out = []
     acc = r.accuracy
     out.append(Claim(where, "ICL is more accurate than zero-shot", paper.get("acc", "2.7B SST-2: ZS 71.4, ICL 95.0"), paper_setting,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from analyses.reproduce.claims import Claim, Estimate, PaperResult
-from analyses.reproduce.common import dataset_task, from_interval, our_setting
+from analyses.reproduce.common import dataset_task, our_setting, per_query_estimate
 from analyses.reproduce.dai2023 import LR
 
 KEY = "deutch2024"
@@ -30,11 +30,6 @@ BUDGETS = {
     "small": {"datasets": ("sst2", "mr"), "k": 8, "n": 60},
     "paper": {"datasets": ("sst2", "sst5", "mr", "subj", "agnews", "cb"), "k": 32, "n": 2000},
 }
-
-
-def _mean(xs) -> float:
-    xs = [x for x in xs if x == x]
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def run(model, budget: dict, part, seed: int = 0) -> PaperResult:
@@ -62,13 +57,13 @@ def run(model, budget: dict, part, seed: int = 0) -> PaperResult:
                                                        counterpart=gd, **kw))
         details[f"gd.{name}"], details[f"lcgd.{name}"] = std.to_dict(), lcgd.to_dict()
         setting = our_setting(model, task.name, std.k, std.n, other=f"SGD lr {config.lr:g} on k_proj+v_proj")
-        est = lambda r, key: from_interval(_mean(r.per_query[key]), r.intervals.get(key), r.n)  # noqa: E731
         claims.append(Claim(f"Table 2, {task.name}", "layer-causal GD's update is closer to ICL's than standard GD's (SimAOU)",
-                            "mean SimAOU 0.279 vs 0.185", paper_setting, est(lcgd, "simaou"), setting, against=est(std, "simaou"),
+                            "mean SimAOU 0.279 vs 0.185", paper_setting, per_query_estimate(lcgd, "simaou"), setting,
+                            against=per_query_estimate(std, "simaou"),
                             against_label="standard GD"))
         claims.append(Claim(f"Table 2, {task.name}", "layer-causal GD's attention update is closer to ICL's (update-based SimAM)",
-                            "mean update-SimAM 0.337 vs 0.267", paper_setting, est(lcgd, "simam_update"), setting,
-                            against=est(std, "simam_update"), against_label="standard GD"))
+                            "mean update-SimAM 0.337 vs 0.267", paper_setting, per_query_estimate(lcgd, "simam_update"), setting,
+                            against=per_query_estimate(std, "simam_update"), against_label="standard GD"))
         if name == budget["datasets"][0]:
             if untrained is None:
                 untrained = random_init_like(model, seed=seed, keep=DEUTCH_KEEP)
@@ -76,7 +71,7 @@ def run(model, budget: dict, part, seed: int = 0) -> PaperResult:
             details[f"untrained.{name}"] = un.to_dict()
             claims.append(Claim(f"§5 untrained baseline, {task.name}", "SimAOU on the trained model is not above SimAOU on the "
                                 "same architecture with random attention and MLPs (the critique: the metric does not need training)",
-                                "SST-2: trained 0.111, untrained 0.114", paper_setting, est(std, "simaou"), setting,
-                                against=est(un, "simaou"), direction="not>", against_label="untrained model"))
+                                "SST-2: trained 0.111, untrained 0.114", paper_setting, per_query_estimate(std, "simaou"), setting,
+                                against=per_query_estimate(un, "simaou"), direction="not>", against_label="untrained model"))
             figures += lcgd.figures()[:1]
     return PaperResult(KEY, CITATION, model.name, "", claims, details, figures, notes)

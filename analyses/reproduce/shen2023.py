@@ -16,7 +16,7 @@ and epoch; ICL 3–5× more order-sensitive than GD (std ≈ 0.10–0.15 vs 0.01
 from __future__ import annotations
 
 from analyses.reproduce.claims import Claim, Estimate, PaperResult
-from analyses.reproduce.common import dataset_task, from_interval, our_setting
+from analyses.reproduce.common import dataset_task, from_interval, our_setting, per_query_estimate
 
 KEY = "shen2023"
 CITATION = "Shen et al. 2023, Do pretrained transformers learn in-context by gradient descent?"
@@ -26,11 +26,6 @@ BUDGETS = {
     "small": {"datasets": ("sst2", "agnews"), "ks": (1, 2, 4, 8), "n": 60, "orders": 6, "orders_n": 20, "orders_k": 8},
     "paper": {"datasets": ("sst2", "agnews", "cb", "rte"), "ks": (1, 2, 4, 8), "n": 500, "orders": 10, "orders_n": 100, "orders_k": 8},
 }
-
-
-def _mean(xs) -> float:
-    xs = [x for x in xs if x == x]
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def run(model, budget: dict, part, seed: int = 0) -> PaperResult:
@@ -56,13 +51,13 @@ def run(model, budget: dict, part, seed: int = 0) -> PaperResult:
                                                                    record="final", counterpart=gd))
             details[f"icl_vs_gd.{name}.k{k}"] = r.to_dict()
             setting = our_setting(model, task.name, k, r.n, other=f"W_V of layer {model.n_layers // 2}, Adam, {config.epochs} epochs")
-            est = lambda key: from_interval(_mean(r.per_query[key]), r.intervals.get(key), r.n)  # noqa: E731
             where = f"Fig. 5 / Table 1, {task.name}, N={k}"
             claims.append(Claim(where, "ICL's top-10 next tokens overlap those of ICL with the demos reordered more than those of GD "
-                                "(token overlap@10)", "ICL–ICL above ICL–GD at every N", paper_setting, est("overlap_reordered"),
-                                setting, against=est("overlap_gd"), against_label="ICL vs GD"))
+                                "(token overlap@10)", "ICL–ICL above ICL–GD at every N", paper_setting, per_query_estimate(r, "overlap_reordered"),
+                                setting, against=per_query_estimate(r, "overlap_gd"), against_label="ICL vs GD"))
             claims.append(Claim(where, "… and the same for the overlap cosine of the distributions", "ICL–ICL above ICL–GD",
-                                paper_setting, est("ocs_reordered"), setting, against=est("ocs_gd"), against_label="ICL vs GD"))
+                                paper_setting, per_query_estimate(r, "ocs_reordered"), setting,
+                                against=per_query_estimate(r, "ocs_gd"), against_label="ICL vs GD"))
             claims.append(Claim(where, "ICL is more accurate than GD trained on the same demos", "GD needs ~512 demos to reach "
                                 "8-demo ICL", paper_setting, Estimate.of(r.accuracy["icl"]), setting,
                                 against=Estimate.of(r.accuracy["gd"]), against_label="GD"))
