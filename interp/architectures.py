@@ -29,6 +29,7 @@ naming it and the supported ones.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -137,6 +138,19 @@ class Architecture:
         """Model-level module: ``embed``, ``pos_embed``, ``final_norm``, ``unembed``, ``rotary``."""
         path = getattr(self, role)
         return None if path is None else model.get_submodule(path)
+
+    @contextmanager
+    def swapped_top(self, model, role: str, module: torch.nn.Module):
+        """Context manager: the model-level module of ``role`` replaced by ``module`` inside
+        (restored on exit, also on error).  For private copies only (the runner's twin)."""
+        parent, _, name = getattr(self, role).rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        old = getattr(owner, name)
+        setattr(owner, name, module)
+        try:
+            yield old
+        finally:
+            setattr(owner, name, old)
 
     def path(self, index: int, role: str) -> str | None:
         """Dotted path of ``role`` in layer ``index``, from the model (parameter-name prefixes)."""

@@ -220,7 +220,8 @@ class Model:
         taps = [_GradTap(site) for site in sites]
         out = self.run(inputs, edits=[*edits, *taps], attention_mask=attention_mask, grad=True, logits="final")
         value = metric(out.logits)
-        grads = torch.autograd.grad(value, [t.delta for t in taps])
+        grads = torch.autograd.grad(value, [t.delta for t in taps], allow_unused=True)
+        grads = [torch.zeros_like(t.delta) if g is None else g for t, g in zip(taps, grads)]  # no path: zero
         return GradientResult(
             value=float(value.detach()),
             acts=Activations({t.site: t.value for t in taps}),

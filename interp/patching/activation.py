@@ -8,7 +8,10 @@ position (``hook_resid_pre``), and per-layer ``hook_attn_out`` / ``hook_mlp_out`
 Work that cannot change is not redone (see :mod:`interp.patching.runner`): a run that patches
 layer L starts from the corrupted residual stream entering layer L, and only positions at or after
 the first patched position are recomputed, the earlier ones' keys/values coming from the corrupted
-run.  The heads of one layer are patched in one batched run (variants stacked along the batch).
+run, and positions before the first token where the clean and corrupted prompts differ are not
+patched at all (every activation there is the same in both runs).  Many patched variants run in
+one call, stacked along the batch, across layers (:mod:`interp.patching.variants`); a metric that
+reads a few logits (:class:`~interp.patching.metrics.ColumnMetric`) gets only those unembedded.
 Results equal TransformerLens's ``get_act_patch_attn_head_out_all_pos`` (a test checks 1e-4).
 """
 from __future__ import annotations
@@ -21,9 +24,10 @@ from tqdm.auto import tqdm
 
 from interp.grids import top_cells
 from interp.model import final_positions
-from interp.patching.metrics import Metric, normalised_recovery
+from interp.patching.metrics import Metric, evaluate, normalised_recovery
 from interp.patching.runner import CorruptedState, DecoderRunner
-from interp.sites import resolve_positions
+from interp.patching.variants import MAX_ROWS, Variant, run_variants
+from interp.sites import KV_HOOKS, resolve_positions
 
 
 @dataclass
@@ -116,25 +120,40 @@ class _Setup:
             self.clean_metric = float(metric(clean_logits))
         self.corrupted_metric = float(metric(self.state.logits[:, -1]))
         self.batch, self.seq_len = self.ids.shape
+        # the first position where the clean and corrupted tokens differ: before it every
+        # activation of the two runs is the same (attention is causal), so patching it is a no-op
+        differ = (self.clean_ids != self.ids).any(0).nonzero()
+        self.first_diff = int(differ.min()) if len(differ) else self.seq_len
 
-    def positions_mask(self, positions) -> torch.Tensor:
-        """Bool [batch, seq] of patched positions (None = all) in the left-padded layout."""
+    def positions_mask(self, positions, trim: bool = False) -> torch.Tensor:
+        """Bool [batch, seq] of patched positions (None = all) in the left-padded layout;
+        ``trim``: without those before :attr:`first_diff` (patching them changes nothing)."""
         if positions is None or positions == "all":
-            return self.mask.bool().clone()
-        idx = resolve_positions(positions, self.batch, self.seq_len, final_positions(self.mask))
-        m = torch.zeros(self.batch, self.seq_len, dtype=torch.bool)
-        m.scatter_(1, idx, True)
+            m = self.mask.bool().clone()
+        else:
+            idx = resolve_positions(positions, self.batch, self.seq_len, final_positions(self.mask))
+            m = torch.zeros(self.batch, self.seq_len, dtype=torch.bool)
+            m.scatter_(1, idx, True)
+        if trim:
+            m[:, :self.first_diff] = False
         return m
 
-    def metric_per_variant(self, logits: torch.Tensor, n_variants: int) -> list[float]:
-        final = logits[:, -1].reshape(n_variants, self.batch, -1)
-        return [float(self.metric(final[v])) for v in range(n_variants)]
+    def run(self, variants, start: int, max_rows: int, progress: bool = False, desc: str = "") -> list[float]:
+        """The metric of each variant (:func:`interp.patching.variants.run_variants`)."""
+        columns = getattr(self.metric, "columns", None)
+        logits = run_variants(self.runner, self.state, variants, start, columns=columns, max_rows=max_rows,
+                              progress=progress, desc=desc)
+        return [float(evaluate(self.metric, row, columns)) for row in logits]
 
 
-def _chunks(items: Sequence, size: int | None):
-    size = size or len(items)
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+HEAD_SITES = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")
+
+
+def heads_at(model, site: str) -> int:
+    """How many heads ``site`` has: query heads, or key/value heads for hook_k / hook_v (GQA)."""
+    if site not in HEAD_SITES:
+        raise ValueError(f"head patching takes site in {HEAD_SITES}, got {site!r}")
+    return model.n_kv_heads if site in KV_HOOKS else model.n_heads
 
 
 @torch.no_grad()
@@ -146,100 +165,115 @@ def patch_heads(
     *,
     positions="all",
     layers: Sequence[int] | None = None,
-    heads_per_run: int | None = None,
+    site: str = "attn.hook_z",
+    cells: Sequence[tuple[int, int]] | None = None,
+    max_rows: int = MAX_ROWS,
     runner: DecoderRunner | None = None,
     progress: bool = False,
     values: torch.Tensor | None = None,
 ) -> PatchingResult:
-    """Patch each head's output z (clean → corrupted) at ``positions`` ("all", "final", ints or
-    per-row tensors, in left-padded coordinates) and record the metric: grid [layer, head].
+    """Patch each head's activation at ``site`` (the output z by default; its query, key or
+    value with ``attn.hook_q`` / ``hook_k`` / ``hook_v``, key/value heads for GQA) clean →
+    corrupted at ``positions`` ("all", "final", ints or per-row tensors, in left-padded
+    coordinates) and record the metric: grid [layer, head] (NaN where not patched).
 
-    ``values`` replaces the clean run: a stored z per layer, [layer, head, d_head] (e.g. the mean
-    head outputs of Todd et al. 2023), written at every patched position; ``clean`` may then be
-    None."""
+    ``cells``: only these (layer, head) pairs (e.g. the top of an attribution screen).
+    ``values`` replaces the clean run: a stored activation per layer, [layer, head, d_head] (e.g.
+    the mean head outputs of Todd et al. 2023), written at every patched position; ``clean`` may
+    then be None.  ``max_rows``: the memory budget of one batched call (variants × prompts ×
+    positions)."""
+    n_heads = heads_at(model, site)
     s = _Setup(model, clean, corrupted, metric, runner)
-    layers = list(range(model.n_layers)) if layers is None else list(layers)
-    pmask = s.positions_mask(positions)
-    start = int(pmask.any(0).nonzero().min())
-    if values is None:
-        clean_z = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.attn.hook_z" for l in layers], logits="final").acts
-    scores = torch.full((model.n_layers, model.n_heads), float("nan"))
-    for layer in tqdm(layers, desc="patching heads", disable=not progress):
-        if values is None:
-            z_clean = clean_z[f"blocks.{layer}.attn.hook_z"][:, start:]
-        else:
-            z_clean = values[layer][None, None].expand(s.batch, s.seq_len - start, -1, -1)
-        rows = pmask[:, start:]
-        for chunk in _chunks(list(range(model.n_heads)), heads_per_run):
-            scores[layer, chunk] = torch.tensor(_run_head_variants(s, layer, start, chunk, z_clean, rows))
+    if cells is None:
+        layers = list(range(model.n_layers)) if layers is None else list(layers)
+        cells = [(l, h) for l in layers for h in range(n_heads)]
+    cells = [(int(l), int(h)) for l, h in cells]
+    for l, h in cells:
+        if not (0 <= l < model.n_layers and 0 <= h < n_heads):
+            raise ValueError(f"cell ({l}, {h}) is outside the {model.n_layers} layers x {n_heads} heads of {site}")
+    pmask = s.positions_mask(positions, trim=values is None)
+    scores = torch.full((model.n_layers, n_heads), float("nan"))
     name = positions if isinstance(positions, str) else "chosen"
-    return PatchingResult(scores, "attn_head_z", name, s.clean_metric, s.corrupted_metric)
-
-
-def _run_head_variants(s: _Setup, layer: int, start: int, heads: Sequence[int], z_clean, rows) -> list[float]:
-    v = len(heads)
-    hidden = s.state.resid_pre[layer][:, start:].repeat(v, 1, 1)
-    head_mask = torch.zeros(v, 1, 1, z_clean.shape[2], 1, dtype=torch.bool)
-    for i, h in enumerate(heads):
-        head_mask[i, 0, 0, h] = True
-    where = head_mask & rows[None, :, :, None, None]  # [v, batch, pos, head, 1]
-
-    def edit(z):
-        z = z.view(v, s.batch, *z.shape[1:])
-        return torch.where(where, z_clean[None].to(z.dtype), z).reshape(v * s.batch, *z.shape[2:])
-
-    logits = s.runner.run_from(
-        layer, hidden, s.mask.repeat(v, 1), s.state.position_ids[:, start:].repeat(v, 1),
-        prefix=s.state.prefix(start) if start > 0 else None, edits=[(layer, "attn.hook_z", edit)], last_only=True,
-    )
-    return s.metric_per_variant(logits, v)
+    kind = "attn_head_" + site.rsplit("_", 1)[1]
+    if not cells:
+        return PatchingResult(scores, kind, name, s.clean_metric, s.corrupted_metric)
+    if not pmask.any():  # every patched position precedes the first token where the prompts differ
+        for l, h in cells:
+            scores[l, h] = s.corrupted_metric
+        return PatchingResult(scores, kind, name, s.clean_metric, s.corrupted_metric)
+    start = int(pmask.any(0).nonzero().min())
+    rows = pmask[:, start:, None, None]
+    used = sorted({l for l, _ in cells})
+    if values is None:
+        clean_acts = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.{site}" for l in used], logits="final").acts
+    variants = []
+    for l, h in cells:
+        if values is None:
+            act = clean_acts[f"blocks.{l}.{site}"][:, start:]
+        else:
+            act = values[l][None, None].expand(s.batch, s.seq_len - start, -1, -1)
+        where = rows & (torch.arange(n_heads) == h)[None, None, :, None]
+        variants.append(Variant(((l, site, lambda t, w=where, c=act: torch.where(w, c.to(t.dtype), t)),)))
+    for (l, h), value in zip(cells, s.run(variants, start, max_rows, progress, "patching heads")):
+        scores[l, h] = value
+    return PatchingResult(scores, kind, name, s.clean_metric, s.corrupted_metric)
 
 
 @torch.no_grad()
 def patch_residual(
     model, clean, corrupted, metric: Metric, *, layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
-    runner: DecoderRunner | None = None, progress: bool = False,
+    max_rows: int = MAX_ROWS, runner: DecoderRunner | None = None, progress: bool = False,
 ) -> PatchingResult:
     """Patch ``hook_resid_pre`` of one layer at one position (clean → corrupted): grid
-    [layer, position] (left-padded positions).  Each run starts at that layer and position."""
+    [layer, position] (left-padded positions).  The variants of one position run together, from
+    that position on; a position before the first token where the prompts differ changes nothing
+    (its score is the corrupted metric, not recomputed)."""
     s = _Setup(model, clean, corrupted, metric, runner)
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     positions = list(range(s.seq_len)) if positions is None else [p % s.seq_len for p in positions]
     clean_resid = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.hook_resid_pre" for l in layers], logits="final").acts
     scores = torch.full((model.n_layers, s.seq_len), float("nan"))
-    for layer in tqdm(layers, desc="patching residual", disable=not progress):
-        for p in positions:
-            hidden = s.state.resid_pre[layer][:, p:].clone()
-            hidden[:, 0] = clean_resid[f"blocks.{layer}.hook_resid_pre"][:, p]
-            logits = s.runner.run_from(layer, hidden, s.mask, s.state.position_ids[:, p:], prefix=s.state.prefix(p) if p else None,
-                                       last_only=True)
-            scores[layer, p] = s.metric_per_variant(logits, 1)[0]
+    for p in tqdm(positions, desc="patching residual", disable=not progress):
+        if p < s.first_diff:
+            scores[layers, p] = s.corrupted_metric
+            continue
+        variants = []
+        for layer in layers:
+            value = clean_resid[f"blocks.{layer}.hook_resid_pre"][:, p]
+
+            def write(t, value=value):
+                t = t.clone()
+                t[:, 0] = value.to(t.dtype)
+                return t
+
+            variants.append(Variant(((layer, "hook_resid_pre", write),)))
+        scores[layers, p] = torch.tensor(s.run(variants, p, max_rows))
     return PatchingResult(scores, "resid_pre", "each", s.clean_metric, s.corrupted_metric, col_label="position")
 
 
 @torch.no_grad()
 def patch_layer_outputs(
     model, clean, corrupted, metric: Metric, *, positions="all", layers: Sequence[int] | None = None,
-    runner: DecoderRunner | None = None, progress: bool = False,
+    max_rows: int = MAX_ROWS, runner: DecoderRunner | None = None, progress: bool = False,
 ) -> PatchingResult:
     """Patch each layer's ``hook_attn_out`` and ``hook_mlp_out`` (clean → corrupted) at
     ``positions``: grid [layer, 2] with columns (attn_out, mlp_out)."""
     s = _Setup(model, clean, corrupted, metric, runner)
     layers = list(range(model.n_layers)) if layers is None else list(layers)
-    pmask = s.positions_mask(positions)
+    pmask = s.positions_mask(positions, trim=True)
+    scores = torch.full((model.n_layers, 2), float("nan"))
+    name = positions if isinstance(positions, str) else "chosen"
+    label = "component (0 attn_out, 1 mlp_out)"
+    if not pmask.any():
+        scores[layers] = s.corrupted_metric
+        return PatchingResult(scores, "layer_outputs", name, s.clean_metric, s.corrupted_metric, col_label=label)
     start = int(pmask.any(0).nonzero().min())
     sites = ("hook_attn_out", "hook_mlp_out")
     clean_acts = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.{h}" for l in layers for h in sites], logits="final").acts
-    scores = torch.full((model.n_layers, 2), float("nan"))
     rows = pmask[:, start:, None]
-    for layer in tqdm(layers, desc="patching layer outputs", disable=not progress):
-        for j, site in enumerate(sites):
-            value = clean_acts[f"blocks.{layer}.{site}"][:, start:]
-            logits = s.runner.run_from(
-                layer, s.state.resid_pre[layer][:, start:], s.mask, s.state.position_ids[:, start:],
-                prefix=s.state.prefix(start) if start else None,
-                edits=[(layer, site, lambda t, value=value: torch.where(rows, value.to(t.dtype), t))], last_only=True,
-            )
-            scores[layer, j] = s.metric_per_variant(logits, 1)[0]
-    return PatchingResult(scores, "layer_outputs", positions if isinstance(positions, str) else "chosen", s.clean_metric,
-                          s.corrupted_metric, col_label="component (0 attn_out, 1 mlp_out)")
+    variants = [Variant(((layer, site, lambda t, c=clean_acts[f"blocks.{layer}.{site}"][:, start:]: torch.where(rows, c.to(t.dtype), t)),))
+                for layer in layers for site in sites]
+    values = s.run(variants, start, max_rows, progress, "patching layer outputs")
+    for i, layer in enumerate(layers):
+        scores[layer] = torch.tensor(values[2 * i:2 * i + 2])
+    return PatchingResult(scores, "layer_outputs", name, s.clean_metric, s.corrupted_metric, col_label=label)

@@ -98,17 +98,21 @@ class EngineRunner(RunnerBase):
         return EngineState(input_ids, resid_pre, out.acts[sites[-1]], out.logits, attention_mask, position_ids_from_mask(attention_mask))
 
     def run_from(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
-                 prefix: PromptPrefix | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False) -> torch.Tensor:
+                 prefix: PromptPrefix | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False,
+                 columns: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`DecoderRunner.run_from`: ``hidden`` enters ``layer`` at the rows after
-        ``prefix``; returns the rows' logits."""
+        ``prefix``; returns the rows' logits (``columns``: those vocabulary ids of the last row)."""
         self._check_edit_layers(edits, layer)
+        if columns is not None and not last_only:
+            raise ValueError("columns= unembeds the final position only: pass last_only=True")
         batch, q = hidden.shape[:2]
         start = prefix.length if prefix is not None else 0
         filler = torch.full((batch, q), self.model.pad_token_id, dtype=torch.long, device=hidden.device)
         ids = filler if prefix is None else torch.cat([prefix.expand(batch).input_ids.to(hidden.device), filler], dim=1)
         site = Site(layer, "hook_resid_pre") if layer < self.n_layers else Site(self.n_layers - 1, "hook_resid_post")
         write = _RowsEdit(site, lambda rows: hidden, start)
-        return self._run(ids, attention_mask, [write], edits, start, last_only)
+        logits = self._run(ids, attention_mask, [write], edits, start, last_only)
+        return logits if columns is None else logits[..., torch.as_tensor(columns, dtype=torch.long, device=logits.device)]
 
     def run_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
                    prefix: PromptPrefix | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False) -> torch.Tensor:

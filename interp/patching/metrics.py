@@ -8,6 +8,9 @@
 - ``kl_to(reference_logits)``: mean_b KL(p_reference ‖ p_patched).
 - ``normalised_recovery(value, clean, corrupted)`` = (value − corrupted) / (clean − corrupted):
   0 = no effect, 1 = the clean behaviour fully restored.
+
+The two logit differences are :class:`ColumnMetric` objects: they read a few vocabulary columns,
+and say which (``columns``), so patched runs unembed only those (:func:`evaluate` does either).
 """
 from __future__ import annotations
 
@@ -22,19 +25,37 @@ def _ids(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.long).reshape(-1)
 
 
-def logit_diff(correct, wrong) -> Metric:
-    correct, wrong = _ids(correct), _ids(wrong)
+class ColumnMetric:
+    """A metric that reads only the vocabulary ids ``columns`` of the logits:
+    ``metric(logits)`` = ``on_columns(logits[:, columns])``."""
 
-    def metric(logits: torch.Tensor) -> torch.Tensor:
+    def __init__(self, columns: torch.Tensor, on_columns: Callable[[torch.Tensor], torch.Tensor]):
+        self.columns, self.on_columns = _ids(columns), on_columns
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.on_columns(logits[:, self.columns.to(logits.device)])
+
+
+def evaluate(metric: Metric, logits: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+    """``metric`` of logits that are the full vocabulary (``columns`` None) or only ``columns``."""
+    return metric(logits) if columns is None else metric.on_columns(logits)
+
+
+def logit_diff(correct, wrong) -> ColumnMetric:
+    correct, wrong = _ids(correct), _ids(wrong)
+    columns = torch.unique(torch.cat([correct, wrong]))
+    c_at, w_at = torch.searchsorted(columns, correct), torch.searchsorted(columns, wrong)
+
+    def on_columns(logits: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(logits.shape[0], device=logits.device)
-        c = correct.to(logits.device).expand(logits.shape[0]) if correct.numel() == 1 else correct.to(logits.device)
-        w = wrong.to(logits.device).expand(logits.shape[0]) if wrong.numel() == 1 else wrong.to(logits.device)
+        c = c_at.to(logits.device).expand(logits.shape[0]) if c_at.numel() == 1 else c_at.to(logits.device)
+        w = w_at.to(logits.device).expand(logits.shape[0]) if w_at.numel() == 1 else w_at.to(logits.device)
         return (logits[rows, c] - logits[rows, w]).mean()
 
-    return metric
+    return ColumnMetric(columns, on_columns)
 
 
-def label_logit_diff(batch) -> Metric:
+def label_logit_diff(batch) -> ColumnMetric:
     """Gold label word minus the mean of the other label words (first tokens)."""
     if batch.label_words is None or batch.gold is None:
         raise ValueError("label_logit_diff needs a classification batch (label words and gold labels)")
@@ -43,13 +64,12 @@ def label_logit_diff(batch) -> Metric:
     others = torch.ones(len(gold), len(ids), dtype=torch.bool)
     others[torch.arange(len(gold)), gold] = False
 
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        lab = logits[:, ids.to(logits.device)]
-        g = lab[torch.arange(len(gold)), gold.to(logits.device)]
-        o = (lab * others.to(logits.device)).sum(-1) / others.sum(-1).to(logits.device)
+    def on_columns(lab: torch.Tensor) -> torch.Tensor:
+        g = lab[torch.arange(len(gold)), gold.to(lab.device)]
+        o = (lab * others.to(lab.device)).sum(-1) / others.sum(-1).to(lab.device)
         return (g - o).mean()
 
-    return metric
+    return ColumnMetric(ids, on_columns)
 
 
 def target_prob(target) -> Metric:

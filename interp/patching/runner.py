@@ -20,6 +20,7 @@ triples, applied by :mod:`interp.torch_sites` and removed when the call returns 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -182,6 +183,7 @@ class DecoderRunner(RunnerBase):
         prefix: PrefixKV | None = None,
         edits: Sequence[tuple[int, str, EditFn]] = (),
         last_only: bool = False,
+        columns: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of running ``hidden`` [batch, q, d_model] (the residual entering ``layer``)
         through layers ``layer``.. and the head.
@@ -190,12 +192,15 @@ class DecoderRunner(RunnerBase):
         [batch, P + q] covers the prefix and the rows; ``prefix`` holds the keys/values of the
         first P positions.  ``edits``: (layer, hook, fn) with hook any block site of
         :mod:`interp.sites` at a layer ≥ ``layer``.  ``last_only``: unembed only the last row and
-        return [batch, 1, vocab].
+        return [batch, 1, vocab].  ``columns`` (with ``last_only``): unembed only these vocabulary
+        ids and return [batch, 1, len(columns)] (a metric that reads two logits does not pay for
+        the whole vocabulary).
         """
         self._check_edit_layers(edits, layer)
+        _check_columns(columns, last_only)
         if layer == len(self.layers):  # past the last layer: the final norm and the unembedding
             self._check_mask(hidden.shape[:2], attention_mask, prefix)
-            return self.head(hidden[:, -1:] if last_only else hidden)
+            return self.head(hidden[:, -1:] if last_only else hidden, columns)
 
         def set_input(module, args, kwargs):
             return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
@@ -206,15 +211,20 @@ class DecoderRunner(RunnerBase):
             for i in range(layer):
                 self.layers[i] = _Skip(originals[i])
             dummy = torch.zeros(*hidden.shape[:2], self.facts.d_model, dtype=hidden.dtype, device=hidden.device)
-            return self._forward({"inputs_embeds": dummy}, hidden.shape[:2], attention_mask, position_ids, prefix, edits, last_only)
+            return self._forward({"inputs_embeds": dummy}, hidden.shape[:2], attention_mask, position_ids, prefix, edits, last_only,
+                                 columns)
         finally:
             handle.remove()
             for i in range(layer):
                 self.layers[i] = originals[i]
 
-    def head(self, resid: torch.Tensor) -> torch.Tensor:
-        """Logits of a residual leaving the last layer: final norm, unembedding, final softcap."""
-        logits = self.arch.top(self.twin, "unembed")(self.arch.top(self.twin, "final_norm")(resid))
+    def head(self, resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of a residual leaving the last layer: final norm, unembedding (only
+        ``columns`` when given), final softcap."""
+        unembed = self.arch.top(self.twin, "unembed")
+        if columns is not None:
+            unembed = ColumnUnembed(unembed, columns)
+        logits = unembed(self.arch.top(self.twin, "final_norm")(resid))
         cap = self.arch.softcaps(self.twin.config)[1]
         return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -231,12 +241,34 @@ class DecoderRunner(RunnerBase):
         if attention_mask.shape != (batch, p_len + q_len):
             raise ValueError(f"attention_mask must be [batch, prefix + rows] = {(batch, p_len + q_len)}, got {tuple(attention_mask.shape)}")
 
-    def _forward(self, inputs: dict, rows_shape, attention_mask, position_ids, prefix, edits, last_only) -> torch.Tensor:
-        """transformers' forward of the twin over the rows, after ``prefix``, with ``edits``."""
+    def _forward(self, inputs: dict, rows_shape, attention_mask, position_ids, prefix, edits, last_only, columns=None) -> torch.Tensor:
+        """transformers' forward of the twin over the rows, after ``prefix``, with ``edits``
+        (and only ``columns`` of the unembedding, swapped in for this call)."""
         self._check_mask(rows_shape, attention_mask, prefix)
         cache = prefix.cache() if prefix is not None else DynamicCache()
         hooks = [(Site(l, hook), fn) for l, hook, fn in edits]
         extra = {"logits_to_keep": 1} if last_only else {}
-        with installed(self.twin, self.arch, self.facts, hooks):
+        unembed = nullcontext() if columns is None else self.arch.swapped_top(
+            self.twin, "unembed", ColumnUnembed(self.arch.top(self.twin, "unembed"), columns))
+        with unembed, installed(self.twin, self.arch, self.facts, hooks):
             out = self.twin(**inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True, **extra)
         return out.logits
+
+
+class ColumnUnembed(torch.nn.Module):
+    """The unembedding restricted to some vocabulary ids: ``x @ W[columns].T (+ b[columns])``."""
+
+    def __init__(self, unembed: torch.nn.Module, columns: torch.Tensor):
+        super().__init__()
+        cols = torch.as_tensor(columns, dtype=torch.long, device=unembed.weight.device)
+        self.weight = unembed.weight[cols]
+        bias = getattr(unembed, "bias", None)
+        self.bias = None if bias is None else bias[cols]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def _check_columns(columns, last_only: bool) -> None:
+    if columns is not None and not last_only:
+        raise ValueError("columns= unembeds the final position only: pass last_only=True")

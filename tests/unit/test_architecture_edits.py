@@ -346,3 +346,65 @@ def test_families_outside_the_table_run_on_the_engine_path(family, tokenizer, mo
     with pytest.raises(UnsupportedArchitecture, match=family):
         load_model(model, engine="nnsight", tokenizer=tokenizer)
     assert_same_fingerprint(before, model_fingerprint(model))
+
+
+def _naive_residual_patching(family, model, clean_ids, ids, mask, layer, pos):
+    """Write the clean residual entering ``layer`` at ``pos`` into the corrupted run (a forward
+    pre-hook on the decoder layer)."""
+    block, kept = _layers(model, family)[layer], {}
+
+    def hidden_of(args, kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    def grab(m, args, kwargs):
+        kept["h"] = hidden_of(args, kwargs).clone()
+
+    def put(m, args, kwargs):
+        h = hidden_of(args, kwargs).clone()
+        h[:, pos] = kept["h"][:, pos]
+        return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+
+    with _hooks((lambda f: block.register_forward_pre_hook(f, with_kwargs=True), grab)):
+        _logits(model, clean_ids, mask)
+    with _hooks((lambda f: block.register_forward_pre_hook(f, with_kwargs=True), put)):
+        return float(_metric(_logits(model, ids, mask)[:, -1]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_patched_variants_equal_one_at_a_time_and_the_naive_references(family, tokenizer, monkeypatch):
+    """Variants stacked along the batch across layers (one call for all), one variant per call,
+    and the plain-PyTorch references agree (≤ 1e-5), with a metric over the whole vocabulary and
+    one that unembeds only its two columns; the prompts differ from position 20 on, so patching
+    earlier positions is skipped as a no-op (and scores the corrupted metric)."""
+    import interp.patching.variants as variants
+    from interp.patching import logit_diff, patch_heads, patch_layer_outputs, patch_residual
+
+    model = _model(family)
+    ids, mask = family_batch()
+    g = torch.Generator().manual_seed(6)
+    clean_ids = ids.clone()
+    clean_ids[:, 20:] = torch.randint(2, 70, (2, SEQ - 20), generator=g)
+    fm = facade(model, "nnsight", tokenizer)
+    clean, corrupted = (clean_ids, mask), (ids, mask)
+    columns_metric = logit_diff([5], [7])  # = _metric, reading two columns
+    for positions in ("all", "final"):
+        want = _naive_head_patching(family, model, clean_ids, ids, mask, positions == "final")
+        for metric in (_metric, columns_metric):
+            monkeypatch.setattr(variants, "CALL_OVERHEAD", 1e9)  # every variant in one call
+            together = patch_heads(fm, clean, corrupted, metric, positions=positions).scores
+            monkeypatch.setattr(variants, "CALL_OVERHEAD", 0.0)
+            alone = patch_heads(fm, clean, corrupted, metric, positions=positions, max_rows=1).scores
+            for got in (together, alone):
+                assert float((got - want).abs().max()) <= 1e-5, (positions, metric)
+    monkeypatch.setattr(variants, "CALL_OVERHEAD", 1e9)
+    resid = patch_residual(fm, clean, corrupted, columns_metric, positions=[3, 19, 20, 31, SEQ - 1])
+    corrupted_metric = float(_metric(_logits(model, ids, mask)[:, -1]))
+    for layer in range(2):
+        assert resid.scores[layer, 3] == resid.scores[layer, 19] == resid.corrupted_metric  # before the first difference
+        assert resid.corrupted_metric == pytest.approx(corrupted_metric, abs=1e-5)
+        for pos in (20, 31, SEQ - 1):
+            assert float(resid.scores[layer, pos]) == pytest.approx(_naive_residual_patching(family, model, clean_ids, ids, mask, layer, pos), abs=1e-5)
+    together = patch_layer_outputs(fm, clean, corrupted, columns_metric).scores
+    alone = patch_layer_outputs(fm, clean, corrupted, _metric, max_rows=1).scores
+    assert float((together - alone).abs().max()) <= 1e-5
+    assert float((together - together.mean()).abs().max()) > 1e-4  # the components differ
