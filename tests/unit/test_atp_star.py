@@ -105,3 +105,27 @@ def test_grad_drop_equals_a_plain_pytorch_reference(char_tokenizer):
     want /= n - 1
     assert float((got.magnitude - want).abs().max()) <= 1e-5
     assert float(want.abs().max()) > 1e-3
+
+
+def test_screen_then_verify_verifies_the_top_and_bounds_the_rest(char_tokenizer):
+    from scipy.stats import beta
+
+    from interp.patching.screen import screen_then_verify
+
+    fm = load_model(make_tiny_llama(n_layers=3, seed=2), engine="transformer-lens", tokenizer=char_tokenizer)
+    clean, corrupt = fm.encode(CLEAN), fm.encode(CORRUPT)
+    full = patch_heads(fm, clean, corrupt, METRIC)
+    res = screen_then_verify(fm, clean, corrupt, METRIC, budget=3, n_check=5, seed=1)
+    magnitude = res.screen.magnitude
+    top_by_hand = [divmod(int(i), 4) for i in torch.argsort(magnitude.flatten(), descending=True, stable=True)[:3]]
+    assert res.top == top_by_hand
+    for cell in res.top + res.checked:  # verified = exact patching of every head, at those cells
+        assert float(res.exact.scores[cell]) == pytest.approx(float(full.scores[cell]), abs=1e-5)
+    assert len(set(res.checked) & set(res.top)) == 0 and len(res.checked) == 5
+    effect = (full.scores - full.corrupted_metric).abs()
+    threshold = min(float(effect[c]) for c in res.top)
+    x = sum(float(effect[c]) > threshold for c in res.checked)
+    assert res.threshold == pytest.approx(threshold, abs=1e-5) and res.n_exceeding == x
+    assert res.fraction_bound == pytest.approx(1.0 if x == 5 else float(beta.ppf(0.95, x + 1, 5 - x)))
+    assert res.missed_bound == pytest.approx(res.fraction_bound * (12 - 3))
+    assert "Spearman" in res.summary() and res.to_dict()["top"] == [list(c) for c in res.top]
