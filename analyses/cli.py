@@ -230,7 +230,8 @@ def cmd_heads(args) -> int:
     scores = parse_scores(args.scores)  # a bad name fails before the model loads
     model = load_model(args.model, engine=args.engine, device=args.device, remote=args.remote)
     result = run_heads_report(model, _task(args), out=args.out, k=args.k, n=args.n, seed=args.seed, scores=scores,
-                              patch_positions=args.patch_positions, progress=not args.quiet, fv_mean_over=args.fv_mean_over)
+                              patch_positions=args.patch_positions, progress=not args.quiet, fv_mean_over=args.fv_mean_over,
+                              screen_budget=args.screen_budget)
     print(result.summary())
     print("wall time (s): " + ", ".join(f"{name} {s:.1f}" for name, s in result.seconds.items()))
     print(f"wrote {args.out}/results.json and {args.out}/report.html")
@@ -358,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "dual_form_gd (default: all; dual_form_gd fine-tunes a copy of the model on the demos)")
     p.add_argument("--patch-positions", choices=["final", "all"], default="final",
                    help="positions where the head patching replaces z (all: ~20x slower)")
+    p.add_argument("--screen-budget", type=_count(1), default=None,
+                   help="patch only the N heads AtP* ranks highest exactly (plus a random check of the rest that bounds "
+                        "what was missed; Kramar et al. 2024) instead of every head: for models with many heads")
     p.add_argument("--fv-mean-over", choices=["correct", "all"], default="correct",
                    help="clean prompts the AIE's mean head outputs come from: those the model answers correctly "
                         "(Todd et al., default) or all")

@@ -309,12 +309,14 @@ def example_attention(model, task, heads: dict[tuple[int, int], list[str]], *, k
 
 
 def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 0, scores: str | Sequence[str] | None = None,
-                patch_positions: str = "final", induction_repeat: int = 50, induction_sequences: int = 8, gd_config=None,
-                progress: bool = False, fv_mean_over: str = "correct", run=None) -> HeadScoresResult:
+                patch_positions: str = "final", screen_budget: int | None = None, induction_repeat: int = 50,
+                induction_sequences: int = 8, gd_config=None, progress: bool = False, fv_mean_over: str = "correct", run=None) -> HeadScoresResult:
     """Every score in ``scores`` (default :data:`DEFAULT_SCORES`, i.e. all, less the label-word
     scores on a word task) for every head, from the analyses named in the module docstring, on ``task``
     with ``k`` demos, ``n`` queries and ``seed``.  ``patch_positions``: positions the exact and
-    attribution patching replace ("final", the default, or "all": ~20× slower); ``induction_repeat`` / ``induction_sequences``:
+    attribution patching replace ("final", the default, or "all": ~20× slower); ``screen_budget``:
+    patch exactly only the top heads of an AtP* screen (NaN for the others; see
+    :func:`analyses.heads.attribution.head_attribution`); ``induction_repeat`` / ``induction_sequences``:
     the repeated-random-token sequences (the length is capped to fit the context);
     ``gd_config``: the fine-tuning of ``dual_form_gd`` (default Dai et al.'s, lr 1e-2);
     ``fv_mean_over``: the clean prompts the AIE's mean head outputs come from ("correct", Todd et
@@ -352,13 +354,14 @@ def head_scores(model, task="sentiment", *, k: int = 4, n: int = 8, seed: int = 
         from analyses.heads.attribution import head_attribution
 
         r = timed("exact_patching+attribution_patching",
-                  lambda: head_attribution(model, task, k=k, n=n, seed=seed, positions=patch_positions, progress=progress))
+                  lambda: head_attribution(model, task, k=k, n=n, seed=seed, positions=patch_positions, progress=progress,
+                                           screen_budget=screen_budget))
         for name, res in (("exact_patching", r.exact), ("attribution_patching", r.attribution)):
             if name in names:
                 grids[name] = (res.scores - res.corrupted_metric).tolist()
         details["patching"] = {"positions": patch_positions, "metric": "gold label logit − mean of the other label logits, final position",
                                "clean_metric": r.exact.clean_metric, "corrupted_metric": r.exact.corrupted_metric,
-                               "spearman_exact_vs_attribution": r.spearman}
+                               "spearman_exact_vs_attribution": r.spearman, "screen": r.screen}
     r = None
     if "aie" in names:
         from analyses.heads.function_vectors import NoCorrectPrompts, function_vector_analysis

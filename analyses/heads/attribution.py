@@ -7,6 +7,11 @@ are swapped in place).  Metric: gold label word's logit minus the mean of the ot
 position (:func:`interp.patching.metrics.label_logit_diff`).  Exact patching (each head's z over
 all positions, or the final position only) and attribution patching (Nanda 2023) give one grid
 each; their Spearman correlation says how far the linear approximation can be trusted.
+
+``screen_budget=N`` is for models with too many heads to patch each exactly: AtP* ranks every
+head and only the top N (plus a random check of the rest, which bounds what was missed) are
+patched exactly (:func:`interp.patching.screen.screen_then_verify`, Kramár et al. 2024); the exact
+grid is then NaN where a head was not verified.
 """
 from __future__ import annotations
 
@@ -33,10 +38,11 @@ class HeadAttributionResult:
     exact: PatchingResult
     attribution: PatchingResult
     spearman: float
+    screen: dict | None = None  # screen_then_verify's verification summary, when screened
 
     def to_dict(self) -> dict:
         return {"model": self.model, "task": self.task, "k": self.k, "n": self.n, "seed": self.seed, "positions": self.positions,
-                "spearman": self.spearman, "top_exact": self.exact.top(5, by="abs"), "top_attribution": self.attribution.top(5, by="abs"),
+                "spearman": self.spearman, "screen": self.screen, "top_exact": self.exact.top(5, by="abs"), "top_attribution": self.attribution.top(5, by="abs"),
                 "exact": self.exact.to_dict(), "attribution": self.attribution.to_dict()}
 
     def summary(self) -> str:
@@ -46,7 +52,8 @@ class HeadAttributionResult:
             f"  metric clean {self.exact.clean_metric:.3f}, corrupted (demo labels flipped) {self.exact.corrupted_metric:.3f}",
             f"  top 5 by exact patching (effect): {fmt(self.exact.top(5, by='abs'), self.exact.corrupted_metric)}",
             f"  top 5 by attribution patching:    {fmt(self.attribution.top(5, by='abs'), self.attribution.corrupted_metric)}",
-            f"  Spearman(exact, attribution) over all heads: {self.spearman:.3f}",
+            f"  Spearman(exact, attribution) over {'the verified' if self.screen else 'all'} heads: {self.spearman:.3f}",
+            *([f"  {self.screen['summary']}"] if self.screen else []),
         ])
 
     def figures(self) -> list:
@@ -69,15 +76,23 @@ def flip_demo_labels(batch) -> torch.Tensor:
 
 
 def head_attribution(model, task: Task | str = "sentiment", *, k: int = 4, n: int = 8, seed: int = 0, positions: str = "all",
-                     progress: bool = False) -> HeadAttributionResult:
+                     progress: bool = False, screen_budget: int | None = None) -> HeadAttributionResult:
     task = load_task(task) if isinstance(task, str) else task
     batch = build_icl_batch(model.tokenizer, task, k=k, n=n, seed=seed, padding_side="left")
     clean = (batch.input_ids, batch.attention_mask)
     corrupted = (flip_demo_labels(batch), batch.attention_mask)
     metric = label_logit_diff(batch)
-    exact = patch_heads(model, clean, corrupted, metric, positions=positions, progress=progress)
-    attr = attribution_patch_heads(model, clean, corrupted, metric, positions=positions)
-    rho = float(spearmanr(exact.scores.flatten().numpy(), attr.scores.flatten().numpy()).statistic)
+    screen = None
+    if screen_budget is not None:
+        from interp.patching.screen import screen_then_verify
+
+        res = screen_then_verify(model, clean, corrupted, metric, screen_budget, positions=positions, seed=seed)
+        exact, attr, rho = res.exact, res.screen, res.spearman
+        screen = {**{k_: v for k_, v in res.to_dict().items() if k_ not in ("screen", "exact")}, "summary": res.summary()}
+    else:
+        exact = patch_heads(model, clean, corrupted, metric, positions=positions, progress=progress)
+        attr = attribution_patch_heads(model, clean, corrupted, metric, positions=positions)
+        rho = float(spearmanr(exact.scores.flatten().numpy(), attr.scores.flatten().numpy()).statistic)
     for r in (exact, attr):
-        r.setting = {"model": model.name, "task": task.name, "k": k, "n": n, "seed": seed}
-    return HeadAttributionResult(model.name, task.name, k, n, seed, positions, exact, attr, rho)
+        r.setting = {**r.setting, "model": model.name, "task": task.name, "k": k, "n": n, "seed": seed}
+    return HeadAttributionResult(model.name, task.name, k, n, seed, positions, exact, attr, rho, screen)

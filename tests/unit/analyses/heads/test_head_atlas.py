@@ -163,3 +163,22 @@ def test_word_task_default_skips_the_label_word_scores(model):
 def test_aie_is_skipped_with_the_reason_when_no_clean_prompt_is_answered(model, task):
     r = head_scores(model, task, k=K, n=N, seed=SEED, scores=["kernel", "aie"])  # Todd et al.'s filter, the default
     assert list(r.scores) == ["kernel"] and "answers none" in r.skipped["aie"]
+
+
+def test_a_screened_atlas_patches_only_the_top_of_the_atp_star_screen_exactly(model, task):
+    """--screen-budget: the exact grid holds exact patching's value at the screen's top heads and
+    its random check, NaN elsewhere; the summary states the bound on what was missed."""
+    import math
+
+    from analyses.heads.attribution import head_attribution
+
+    full = head_attribution(model, task, k=K, n=N, seed=SEED, positions="final")
+    screened = head_scores(model, task, k=K, n=N, seed=SEED, scores=["exact_patching", "attribution_patching"], screen_budget=3)
+    grid = torch.tensor(screened.scores["exact_patching"], dtype=torch.float64)
+    want = (full.exact.scores - full.exact.corrupted_metric).double()
+    verified = ~grid.isnan()
+    screen = screened.details["patching"]["screen"]
+    assert int(verified.sum()) == 3 + len(screen["checked"])  # (8 heads: the check covers the other 5)
+    assert [list(c) for c in screen["top"]] == screen["top"] and all(verified[l, h] for l, h in screen["top"])
+    assert float((grid[verified] - want[verified]).abs().max()) <= 1e-5
+    assert "Clopper" in screen["summary"] and not math.isnan(screen["fraction_bound"])
