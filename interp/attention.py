@@ -74,29 +74,29 @@ def tap_pattern(module, value):
     return _tap(module, "pattern", value)
 
 
-def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
-
-
 def tapped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
     """Eager attention with tap points; signature of transformers' attention functions."""
     query = tap_rot_q(module, query)
     key = tap_rot_k(module, key)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    n_rep = query.shape[1] // key.shape[1]
-    k_all, v_all = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
-    raw = torch.matmul(query.float(), k_all.float().transpose(2, 3)) * scaling
+    # grouped-query attention without repeating keys/values: the g query heads that share a
+    # key/value head (head i reads kv head i // g) are stacked along the query axis
+    b, n_heads, q_len, d = query.shape
+    n_kv, k_len = key.shape[1], key.shape[2]
+    g = n_heads // n_kv
+    q = query.float().reshape(b, n_kv, g * q_len, d)
+    raw = torch.matmul(q, key.float().transpose(2, 3)).reshape(b, n_heads, q_len, k_len) * scaling
     if softcap is not None:
         raw = torch.tanh(raw / softcap) * softcap
     if attention_mask is not None:
-        raw = raw + attention_mask[:, :, :, : k_all.shape[-2]].float()
+        raw = raw + attention_mask[:, :, :, :k_len].float()
     scores = tap_scores(module, raw)
     pattern = tap_pattern(module, torch.nn.functional.softmax(scores, dim=-1).to(value.dtype))
     if dropout and module.training:
         pattern = torch.nn.functional.dropout(pattern, p=dropout, training=True)
-    out = torch.matmul(pattern, v_all).transpose(1, 2).contiguous()
-    return out, pattern
+    out = torch.matmul(pattern.reshape(b, n_kv, g * q_len, k_len), value).reshape(b, n_heads, q_len, -1)
+    return out.transpose(1, 2).contiguous(), pattern
 
 
 def register() -> str:

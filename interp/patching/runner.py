@@ -45,14 +45,20 @@ class _PrefixLayer(DynamicLayer):
         self.dtype, self.device = keys.dtype, keys.device
 
     def update(self, key_states, value_states, *args, **kwargs):
-        k, v = self.keys, self.values
-        if k.shape[0] != key_states.shape[0]:
-            reps = key_states.shape[0] // k.shape[0]
-            k, v = k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1)
-        return torch.cat([k, key_states], -2), torch.cat([v, value_states], -2)
+        return _after_prefix(self.keys, key_states), _after_prefix(self.values, value_states)
 
     def get_seq_length(self) -> int:
         return self.keys.shape[-2]
+
+
+def _after_prefix(prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """[prefix; new] along positions, the prefix's rows repeated over the variants stacked along
+    the batch (row v·B + b reads prefix row b), written once into one new tensor."""
+    (b, heads, p, d), rows = prefix.shape, new.shape[0]
+    out = torch.empty(rows, heads, p + new.shape[2], d, dtype=new.dtype, device=new.device)
+    out.view(rows // b, b, heads, -1, d)[:, :, :, :p] = prefix.to(new.dtype)
+    out[:, :, p:] = new
+    return out
 
 
 @dataclass

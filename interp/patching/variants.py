@@ -6,12 +6,15 @@ corrupted run's (attention is causal), so variants that start at different layer
 call that starts at the lowest of them: each variant's rows are reset to the corrupted residual
 stream entering its own start layer (so it equals its own separate run), and its edits apply to
 its rows only.  The cost of sharing is the layers a variant runs below its own start (thrown
-away by the reset); :func:`plan_chunks` picks consecutive groups of the variants (sorted by start
-layer) that minimise
+away by the reset), against which stands what every call and every layer a call runs costs
+whatever its rows (reading the layer's weights, per-call work).  :func:`plan_chunks` picks
+consecutive groups of the variants (sorted by start layer) that minimise
 
-    cost = Σ_chunks [ CALL_OVERHEAD + Σ_{v in chunk} rows_v · (layer_v − layer_chunk) ]
+    cost = Σ_chunks [ CALL_OVERHEAD + (n_layers − layer_chunk) · (LAYER_OVERHEAD + rows_chunk) ]
 
-(in units of one row through one layer) under a memory budget of ``max_rows`` rows per call.
+(in units of one row through one layer) under a memory budget of ``max_rows`` rows per call: few
+rows per variant (final-position patching) gives a few large calls, many (all positions) one call
+per layer.
 One call per chunk; the numbers equal one call per variant to float rounding (a test checks
 ≤ 1e-5 on every family).
 
@@ -28,9 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 VariantFn = Callable[[torch.Tensor], torch.Tensor]
-# One call's fixed cost, in rows × layers of compute (measured on SmolLM2 on CPU: a call costs about
-# as much as 24 final-position rows through one layer).  Only the chunking depends on it.
-CALL_OVERHEAD = 24
+# Fixed costs in rows × layers of compute, measured on SmolLM2 on CPU (one thread): a layer costs
+# about as much whatever its rows as 64 final-position rows through it; a call about one layer.
+# Only the chunking depends on them.
+LAYER_OVERHEAD = 64
+CALL_OVERHEAD = 64
 MAX_ROWS = 4096  # rows (variants × prompts × recomputed positions) per call
 
 
@@ -47,23 +52,19 @@ class Variant:
         return min(l for l, _, _ in self.edits)
 
 
-def plan_chunks(layers: Sequence[int], rows: int, *, max_rows: int = MAX_ROWS, overhead: float | None = None) -> list[range]:
+def plan_chunks(layers: Sequence[int], rows: int, n_layers: int, *, max_rows: int = MAX_ROWS) -> list[range]:
     """Split variants sorted by start layer (``layers``, non-decreasing) into consecutive chunks
     minimising the cost in the module docstring with at most ``max_rows`` rows per chunk (each
     variant has ``rows`` rows).  Returns index ranges."""
-    n, overhead = len(layers), CALL_OVERHEAD if overhead is None else overhead
+    n = len(layers)
     if any(b < a for a, b in zip(layers, layers[1:])):
         raise ValueError("plan_chunks needs the variants sorted by start layer")
     per_chunk = max(1, max_rows // max(rows, 1))
     best = [0.0] + [float("inf")] * n
     cut = [0] * (n + 1)
-    prefix = [0]
-    for l in layers:
-        prefix.append(prefix[-1] + l)
     for j in range(1, n + 1):  # best[j]: the cheapest plan for the first j variants
         for i in range(max(0, j - per_chunk), j):
-            waste = rows * ((prefix[j] - prefix[i]) - (j - i) * layers[i])
-            cost = best[i] + overhead + waste
+            cost = best[i] + CALL_OVERHEAD + (n_layers - layers[i]) * (LAYER_OVERHEAD + rows * (j - i))
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     chunks, j = [], n
@@ -81,7 +82,6 @@ def run_variants(
     *,
     columns: torch.Tensor | None = None,
     max_rows: int = MAX_ROWS,
-    overhead: float | None = None,
     progress: bool = False,
     desc: str = "patched runs",
 ) -> torch.Tensor:
@@ -97,7 +97,7 @@ def run_variants(
     order = sorted(range(len(variants)), key=lambda i: variants[i].layer)
     layers = [variants[i].layer for i in order]
     out = [None] * len(variants)
-    for chunk in tqdm(plan_chunks(layers, batch * q, max_rows=max_rows, overhead=overhead), desc=desc, disable=not progress):
+    for chunk in tqdm(plan_chunks(layers, batch * q, runner.n_layers, max_rows=max_rows), desc=desc, disable=not progress):
         idx = [order[i] for i in chunk]
         logits = _run_chunk(runner, state, [variants[i] for i in idx], start_pos, columns)
         for i, row in zip(idx, logits):
