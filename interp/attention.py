@@ -74,12 +74,39 @@ def tap_pattern(module, value):
     return _tap(module, "pattern", value)
 
 
+def stash_prefix(keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Called by a cache layer that holds a fixed prefix (:mod:`interp.patching.runner`) in place
+    of concatenating it: the next attention call reads these keys/values [B, kv_head, P, d] before
+    the new ones, for every variant stacked along its batch (row v·B + b reads prefix row b)."""
+    _local.prefix = (keys, values)
+
+
+def clear_prefix() -> None:
+    """Drop a stashed prefix (the runner calls it around each forward, also when one raises)."""
+    _local.prefix = None
+
+
+def after_prefix(prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """[prefix; new] along positions, the prefix's B rows repeated over the variants stacked along
+    the batch of ``new`` (row v·B + b reads prefix row b), written once into one new tensor."""
+    (b, heads, p, d), rows = prefix.shape, new.shape[0]
+    out = torch.empty(rows, heads, p + new.shape[2], d, dtype=new.dtype, device=new.device)
+    out.view(rows // b, b, heads, -1, d)[:, :, :, :p] = prefix.to(new.dtype)
+    out[:, :, p:] = new
+    return out
+
+
 def tapped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
     """Eager attention with tap points; signature of transformers' attention functions."""
-    query = tap_rot_q(module, query)
-    key = tap_rot_k(module, key)
+    prefix, _local.prefix = getattr(_local, "prefix", None), None
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    if prefix is not None:
+        if id(module) not in _taps():  # nothing reads the keys: the prefix is never repeated
+            return _attention_after_prefix(module, query, key, value, *prefix, attention_mask, scaling, dropout, softcap)
+        key, value = after_prefix(prefix[0], key), after_prefix(prefix[1], value)
+    query = tap_rot_q(module, query)
+    key = tap_rot_k(module, key)
     # grouped-query attention without repeating keys/values: the g query heads that share a
     # key/value head (head i reads kv head i // g) are stacked along the query axis
     b, n_heads, q_len, d = query.shape
@@ -96,6 +123,36 @@ def tapped_attention(module, query, key, value, attention_mask, scaling=None, dr
     if dropout and module.training:
         pattern = torch.nn.functional.dropout(pattern, p=dropout, training=True)
     out = torch.matmul(pattern.reshape(b, n_kv, g * q_len, k_len), value).reshape(b, n_heads, q_len, -1)
+    return out.transpose(1, 2).contiguous(), pattern
+
+
+def _attention_after_prefix(module, query, key, value, pk, pv, attention_mask, scaling, dropout, softcap):
+    """:func:`tapped_attention` over [prefix; new] keys without materialising the prefix per row:
+    the queries of the V variants of each prefix row are stacked along the query axis against that
+    row's prefix keys (one matmul per prefix row), and against their own new keys as usual."""
+    rows, n_heads, q_len, d = query.shape
+    b, n_kv, p_len, _ = pk.shape
+    v, g = rows // b, n_heads // n_kv
+
+    def fold(t):  # [V·B, kv, g·q, x] -> [B, kv, V·g·q, x]
+        return t.reshape(v, b, n_kv, g * q_len, t.shape[-1]).permute(1, 2, 0, 3, 4).reshape(b, n_kv, v * g * q_len, t.shape[-1])
+
+    def unfold(t):  # [B, kv, V·g·q, x] -> [V·B, head, q, x]
+        return t.reshape(b, n_kv, v, g * q_len, t.shape[-1]).permute(2, 0, 1, 3, 4).reshape(rows, n_heads, q_len, t.shape[-1])
+
+    q = query.float().reshape(rows, n_kv, g * q_len, d)
+    raw = torch.cat([unfold(torch.matmul(fold(q), pk.float().transpose(2, 3))),
+                     torch.matmul(q, key.float().transpose(2, 3)).reshape(rows, n_heads, q_len, -1)], -1) * scaling
+    if softcap is not None:
+        raw = torch.tanh(raw / softcap) * softcap
+    if attention_mask is not None:
+        raw = raw + attention_mask[:, :, :, :raw.shape[-1]].float()
+    pattern = torch.nn.functional.softmax(raw, dim=-1).to(value.dtype)
+    if dropout and module.training:
+        pattern = torch.nn.functional.dropout(pattern, p=dropout, training=True)
+    old, new = pattern[..., :p_len], pattern[..., p_len:]
+    out = unfold(torch.matmul(fold(old.reshape(rows, n_kv, g * q_len, p_len)), pv.to(value.dtype)))
+    out = out + torch.matmul(new.reshape(rows, n_kv, g * q_len, -1), value).reshape(rows, n_heads, q_len, -1)
     return out.transpose(1, 2).contiguous(), pattern
 
 

@@ -95,9 +95,10 @@ def to_left_padding(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> tuple
 
 
 class _Setup:
-    """Shared preparation: clean/corrupted ids, the runner, the corrupted state, base metrics."""
+    """Shared preparation: clean/corrupted ids, the runner, the corrupted state, base metrics,
+    and ``capture`` (site names) from the clean run, in the same forward as its metric."""
 
-    def __init__(self, model, clean, corrupted, metric, runner):
+    def __init__(self, model, clean, corrupted, metric, runner, capture: Sequence[str] = ()):
         ids, mask = as_ids_mask(model, corrupted)
         clean_ids, clean_mask = as_ids_mask(model, clean) if clean is not None else (ids, mask)
         if clean_ids.shape != ids.shape:
@@ -113,11 +114,11 @@ class _Setup:
             raise ValueError("clean and corrupted prompts differ in length row by row: patching needs token-aligned pairs")
         self.runner = runner or model.runner
         self.state: CorruptedState = self.runner.corrupted_state(self.ids, self.mask)
-        self.clean_metric = float("nan")
+        self.clean_metric, self.clean_acts = float("nan"), None
         if clean is not None:
             with torch.no_grad():
-                clean_logits = model.run(self.clean_ids, attention_mask=self.clean_mask, logits="final").logits
-            self.clean_metric = float(metric(clean_logits))
+                out = model.run(self.clean_ids, attention_mask=self.clean_mask, capture=list(capture), logits="final")
+            self.clean_metric, self.clean_acts = float(metric(out.logits)), out.acts
         self.corrupted_metric = float(metric(self.state.logits[:, -1]))
         self.batch, self.seq_len = self.ids.shape
         # the first position where the clean and corrupted tokens differ: before it every
@@ -183,7 +184,6 @@ def patch_heads(
     then be None.  ``max_rows``: the memory budget of one batched call (variants × prompts ×
     positions)."""
     n_heads = heads_at(model, site)
-    s = _Setup(model, clean, corrupted, metric, runner)
     if cells is None:
         layers = list(range(model.n_layers)) if layers is None else list(layers)
         cells = [(l, h) for l in layers for h in range(n_heads)]
@@ -191,6 +191,8 @@ def patch_heads(
     for l, h in cells:
         if not (0 <= l < model.n_layers and 0 <= h < n_heads):
             raise ValueError(f"cell ({l}, {h}) is outside the {model.n_layers} layers x {n_heads} heads of {site}")
+    used = sorted({l for l, _ in cells})
+    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.{site}" for l in used] if values is None else ())
     pmask = s.positions_mask(positions, trim=values is None)
     scores = torch.full((model.n_layers, n_heads), float("nan"))
     name = positions if isinstance(positions, str) else "chosen"
@@ -203,13 +205,10 @@ def patch_heads(
         return PatchingResult(scores, kind, name, s.clean_metric, s.corrupted_metric)
     start = int(pmask.any(0).nonzero().min())
     rows = pmask[:, start:, None, None]
-    used = sorted({l for l, _ in cells})
-    if values is None:
-        clean_acts = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.{site}" for l in used], logits="final").acts
     variants = []
     for l, h in cells:
         if values is None:
-            act = clean_acts[f"blocks.{l}.{site}"][:, start:]
+            act = s.clean_acts[f"blocks.{l}.{site}"][:, start:]
         else:
             act = values[l][None, None].expand(s.batch, s.seq_len - start, -1, -1)
         where = rows & (torch.arange(n_heads) == h)[None, None, :, None]
@@ -228,10 +227,10 @@ def patch_residual(
     [layer, position] (left-padded positions).  The variants of one position run together, from
     that position on; a position before the first token where the prompts differ changes nothing
     (its score is the corrupted metric, not recomputed)."""
-    s = _Setup(model, clean, corrupted, metric, runner)
     layers = list(range(model.n_layers)) if layers is None else list(layers)
+    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.hook_resid_pre" for l in layers])
     positions = list(range(s.seq_len)) if positions is None else [p % s.seq_len for p in positions]
-    clean_resid = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.hook_resid_pre" for l in layers], logits="final").acts
+    clean_resid = s.clean_acts
     scores = torch.full((model.n_layers, s.seq_len), float("nan"))
     for p in tqdm(positions, desc="patching residual", disable=not progress):
         if p < s.first_diff:
@@ -258,8 +257,9 @@ def patch_layer_outputs(
 ) -> PatchingResult:
     """Patch each layer's ``hook_attn_out`` and ``hook_mlp_out`` (clean → corrupted) at
     ``positions``: grid [layer, 2] with columns (attn_out, mlp_out)."""
-    s = _Setup(model, clean, corrupted, metric, runner)
     layers = list(range(model.n_layers)) if layers is None else list(layers)
+    sites = ("hook_attn_out", "hook_mlp_out")
+    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.{h}" for l in layers for h in sites])
     pmask = s.positions_mask(positions, trim=True)
     scores = torch.full((model.n_layers, 2), float("nan"))
     name = positions if isinstance(positions, str) else "chosen"
@@ -268,8 +268,7 @@ def patch_layer_outputs(
         scores[layers] = s.corrupted_metric
         return PatchingResult(scores, "layer_outputs", name, s.clean_metric, s.corrupted_metric, col_label=label)
     start = int(pmask.any(0).nonzero().min())
-    sites = ("hook_attn_out", "hook_mlp_out")
-    clean_acts = model.run(s.clean_ids, attention_mask=s.clean_mask, capture=[f"blocks.{l}.{h}" for l in layers for h in sites], logits="final").acts
+    clean_acts = s.clean_acts
     rows = pmask[:, start:, None]
     variants = [Variant(((layer, site, lambda t, c=clean_acts[f"blocks.{layer}.{site}"][:, start:]: torch.where(rows, c.to(t.dtype), t)),))
                 for layer in layers for site in sites]

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from interp.attention import clear_prefix, stash_prefix
 from interp.model import position_ids_from_mask
 from interp.sites import BLOCK_HOOKS, Site
 from interp.torch_sites import installed
@@ -36,8 +37,9 @@ RUNNER_SITES = tuple(BLOCK_HOOKS)
 
 
 class _PrefixLayer(DynamicLayer):
-    """A cache layer holding a fixed prefix: ``update`` returns prefix + new states and stores
-    nothing (variants stacked along the batch get the prefix repeated)."""
+    """A cache layer holding a fixed prefix: ``update`` hands the prefix to the tapped attention
+    (:func:`interp.attention.stash_prefix`), returns the new states and stores nothing; variants
+    stacked along the batch all read the one prefix, never repeated."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         super().__init__()
@@ -45,20 +47,12 @@ class _PrefixLayer(DynamicLayer):
         self.dtype, self.device = keys.dtype, keys.device
 
     def update(self, key_states, value_states, *args, **kwargs):
-        return _after_prefix(self.keys, key_states), _after_prefix(self.values, value_states)
+        # the tapped attention (every twin's) reads the prefix before the new states itself
+        stash_prefix(self.keys, self.values)
+        return key_states, value_states
 
     def get_seq_length(self) -> int:
         return self.keys.shape[-2]
-
-
-def _after_prefix(prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """[prefix; new] along positions, the prefix's rows repeated over the variants stacked along
-    the batch (row v·B + b reads prefix row b), written once into one new tensor."""
-    (b, heads, p, d), rows = prefix.shape, new.shape[0]
-    out = torch.empty(rows, heads, p + new.shape[2], d, dtype=new.dtype, device=new.device)
-    out.view(rows // b, b, heads, -1, d)[:, :, :, :p] = prefix.to(new.dtype)
-    out[:, :, p:] = new
-    return out
 
 
 @dataclass
@@ -88,7 +82,8 @@ class PrefixKV:
 @dataclass
 class CorruptedState:
     """What patched runs reuse from one unpatched run: the residual stream entering every layer
-    [layer, batch, pos, d_model], every layer's keys/values, and the logits."""
+    [layer, batch, pos, d_model], every layer's keys/values, and the final position's logits
+    [batch, 1, vocab] (``logits[:, -1]``)."""
 
     resid_pre: torch.Tensor
     resid_final: torch.Tensor  # the residual leaving the last layer (before the final norm)
@@ -173,7 +168,7 @@ class DecoderRunner(RunnerBase):
         cache = DynamicCache()
         with installed(self.twin, self.arch, self.facts, hooks):
             out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            cache=cache, use_cache=True)
+                            cache=cache, use_cache=True, logits_to_keep=1)
         keys = [cache.layers[i].keys for i in range(n)]
         values = [cache.layers[i].values for i in range(n)]
         resid_pre = torch.stack([resid[l] for l in range(n)])
@@ -256,8 +251,12 @@ class DecoderRunner(RunnerBase):
         extra = {"logits_to_keep": 1} if last_only else {}
         unembed = nullcontext() if columns is None else self.arch.swapped_top(
             self.twin, "unembed", ColumnUnembed(self.arch.top(self.twin, "unembed"), columns))
-        with unembed, installed(self.twin, self.arch, self.facts, hooks):
-            out = self.twin(**inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True, **extra)
+        clear_prefix()
+        try:
+            with unembed, installed(self.twin, self.arch, self.facts, hooks):
+                out = self.twin(**inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True, **extra)
+        finally:
+            clear_prefix()
         return out.logits
 
 
