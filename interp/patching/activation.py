@@ -113,12 +113,12 @@ class _Setup:
         if not torch.equal(self.clean_mask, self.mask):
             raise ValueError("clean and corrupted prompts differ in length row by row: patching needs token-aligned pairs")
         self.runner = runner or model.runner
-        self.state: CorruptedState = self.runner.corrupted_state(self.ids, self.mask)
         self.clean_metric, self.clean_acts = float("nan"), None
-        if clean is not None:
-            with torch.no_grad():
-                out = model.run(self.clean_ids, attention_mask=self.clean_mask, capture=list(capture), logits="final")
-            self.clean_metric, self.clean_acts = float(metric(out.logits)), out.acts
+        if clean is None:
+            self.state: CorruptedState = self.runner.corrupted_state(self.ids, self.mask)
+        else:  # one batched forward: the corrupted state, the clean metric and the patched values
+            self.state, clean_logits, self.clean_acts = self.runner.states(self.clean_ids, self.ids, self.mask, capture)
+            self.clean_metric = float(metric(clean_logits))
         self.corrupted_metric = float(metric(self.state.logits[:, -1]))
         self.batch, self.seq_len = self.ids.shape
         # the first position where the clean and corrupted tokens differ: before it every

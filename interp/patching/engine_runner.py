@@ -97,6 +97,12 @@ class EngineRunner(RunnerBase):
         resid_pre = torch.stack([out.acts[f"blocks.{l}.hook_resid_pre"] for l in range(n)])
         return EngineState(input_ids, resid_pre, out.acts[sites[-1]], out.logits, attention_mask, position_ids_from_mask(attention_mask))
 
+    @torch.no_grad()
+    def states(self, clean_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, capture=()):
+        """As :meth:`DecoderRunner.states`, from two forwards of the engine."""
+        out = self.model.run(clean_ids, attention_mask=attention_mask, capture=list(capture), logits="final")
+        return self.corrupted_state(input_ids, attention_mask), out.logits, {k: out.acts[k] for k in capture}
+
     def run_from(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
                  prefix: PromptPrefix | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False,
                  columns: torch.Tensor | None = None) -> torch.Tensor:

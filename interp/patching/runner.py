@@ -160,19 +160,37 @@ class DecoderRunner(RunnerBase):
     @torch.no_grad()
     def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CorruptedState:
         """One full forward that records what patched runs start from."""
+        return self._state(input_ids, attention_mask, 0, ())[0]
+
+    @torch.no_grad()
+    def states(self, clean_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               capture: Sequence[str] = ()) -> tuple[CorruptedState, torch.Tensor, dict[str, torch.Tensor]]:
+        """The corrupted run's state and, from the same batched forward (clean rows first), the
+        clean run's final-position logits [batch, vocab] and activations at ``capture`` (full
+        site names, e.g. ``blocks.3.attn.hook_z``)."""
+        b = clean_ids.shape[0]
+        state, logits, acts = self._state(torch.cat([clean_ids, input_ids]), attention_mask.repeat(2, 1), b, capture)
+        return state, logits, acts
+
+    def _state(self, input_ids, attention_mask, n_clean: int, capture):
+        """Rows ``n_clean:`` give the state; rows ``:n_clean`` their final logits and ``capture``."""
+        from interp.sites import parse_site
+
         position_ids = position_ids_from_mask(attention_mask)
-        n = len(self.layers)
-        resid = {}
-        hooks = [(Site(l, "hook_resid_pre"), lambda t, l=l: resid.__setitem__(l, t)) for l in range(n)]
-        hooks.append((Site(n - 1, "hook_resid_post"), lambda t: resid.__setitem__(n, t)))
+        n, b = len(self.layers), n_clean
+        resid, acts = {}, {}
+        hooks = [(Site(l, "hook_resid_pre"), lambda t, l=l: resid.__setitem__(l, t[b:])) for l in range(n)]
+        hooks.append((Site(n - 1, "hook_resid_post"), lambda t: resid.__setitem__(n, t[b:])))
+        hooks += [(parse_site(name, n), lambda t, name=name: acts.__setitem__(name, t[:b])) for name in capture]
         cache = DynamicCache()
         with installed(self.twin, self.arch, self.facts, hooks):
             out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             cache=cache, use_cache=True, logits_to_keep=1)
-        keys = [cache.layers[i].keys for i in range(n)]
-        values = [cache.layers[i].values for i in range(n)]
+        keys = [cache.layers[i].keys[b:] for i in range(n)]
+        values = [cache.layers[i].values[b:] for i in range(n)]
         resid_pre = torch.stack([resid[l] for l in range(n)])
-        return CorruptedState(resid_pre, resid[n], keys, values, out.logits, attention_mask, position_ids)
+        state = CorruptedState(resid_pre, resid[n], keys, values, out.logits[b:], attention_mask[b:], position_ids[b:])
+        return state, out.logits[:b, -1], acts
 
     def run_from(
         self,
