@@ -30,7 +30,7 @@ PAPER_K = {"agnews": 22, "cb": 19}
 PAPER_SETTING = {"model": "fairseq GPT", "size": "1.3B", "k": 32, "n": 2000}
 BUDGETS = {
     "smoke": {"datasets": ("sst2",), "k": 4, "n": 24, "lr": "paper"},
-    "small": {"datasets": ("sst2", "sst5", "mr", "subj", "agnews", "cb"), "k": 8, "n": 60, "lr": "paper"},
+    "small": {"datasets": ("sst2", "sst5", "mr", "subj", "agnews", "cb"), "k": 8, "n": 16, "lr": "paper"},
     "paper": {"datasets": ("sst2", "sst5", "mr", "subj", "agnews", "cb"), "k": 32, "n": 2000, "lr": "paper"},
 }
 

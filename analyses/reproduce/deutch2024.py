@@ -27,7 +27,7 @@ CITATION = "Deutch et al. 2024, In-context learning and gradient descent revisit
 PAPER_SETTING = {"model": "fairseq GPT", "size": "1.3B", "k": 32, "n": 2000}
 BUDGETS = {
     "smoke": {"datasets": ("sst2",), "k": 4, "n": 24},
-    "small": {"datasets": ("sst2", "mr"), "k": 8, "n": 60},
+    "small": {"datasets": ("sst2", "mr"), "k": 8, "n": 24},
     "paper": {"datasets": ("sst2", "sst5", "mr", "subj", "agnews", "cb"), "k": 32, "n": 2000},
 }
 

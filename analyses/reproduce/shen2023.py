@@ -23,7 +23,7 @@ CITATION = "Shen et al. 2023, Do pretrained transformers learn in-context by gra
 PAPER_SETTING = {"model": "LLaMA", "size": "7B", "dataset": "AGNews, CB, SST-2, RTE", "k": "1, 2, 4, 8"}
 BUDGETS = {
     "smoke": {"datasets": ("sst2",), "ks": (4,), "n": 16, "orders": 3, "orders_n": 8, "orders_k": 4},
-    "small": {"datasets": ("sst2", "agnews"), "ks": (1, 2, 4, 8), "n": 60, "orders": 6, "orders_n": 20, "orders_k": 8},
+    "small": {"datasets": ("sst2", "agnews"), "ks": (1, 2, 4, 8), "n": 24, "orders": 4, "orders_n": 12, "orders_k": 8},
     "paper": {"datasets": ("sst2", "agnews", "cb", "rte"), "ks": (1, 2, 4, 8), "n": 500, "orders": 10, "orders_n": 100, "orders_k": 8},
 }
 

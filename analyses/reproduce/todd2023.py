@@ -28,7 +28,7 @@ TASKS = ("antonym", "capitalize", "country-capital", "english-french", "present-
 BUDGETS = {
     "smoke": {"tasks": ("country-capital",), "k": 10, "n_clean": 16, "n_corrupted": 6, "n_eval": 40},
     "small": {"tasks": ("antonym", "country-capital", "english-french", "present-past"), "k": 10, "n_clean": 30, "n_corrupted": 10,
-              "n_eval": 100},
+              "n_eval": 60},
     "paper": {"tasks": TASKS, "k": 10, "n_clean": 100, "n_corrupted": 25, "n_eval": 300},
 }
 
