@@ -10,8 +10,8 @@ points on every family:
 - ``scores``: s = softcap(q·kᵀ × scaling) + mask, pre-softmax (softcap(x) = c·tanh(x / c));
 - ``pattern``: softmax(s), post-softmax;
 
-and the output softmax(s) · v, the same computation as each family's eager function (float32
-scores).  Each point is a module-level identity function (``tap_rot_q`` ...): plain-PyTorch code
+and the output softmax(s) · v, the same computation as each family's eager function (scores in
+float32, or float64 for a float64 model).  Each point is a module-level identity function (``tap_rot_q`` ...): plain-PyTorch code
 routes it through :func:`tapping` (a callback per attention module, removed on exit), and nnsight
 reaches it as the ``.source`` operation of the same name.  No user model is switched to it: only
 the project's own plain twins are.
@@ -96,6 +96,11 @@ def after_prefix(prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _score_dtype(query: torch.Tensor) -> torch.dtype:
+    """Scores in float32 at least (as transformers' eager functions), float64 for a float64 model."""
+    return torch.promote_types(query.dtype, torch.float32)
+
+
 def tapped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
     """Eager attention with tap points; signature of transformers' attention functions."""
     prefix, _local.prefix = getattr(_local, "prefix", None), None
@@ -112,12 +117,13 @@ def tapped_attention(module, query, key, value, attention_mask, scaling=None, dr
     b, n_heads, q_len, d = query.shape
     n_kv, k_len = key.shape[1], key.shape[2]
     g = n_heads // n_kv
-    q = query.float().reshape(b, n_kv, g * q_len, d)
-    raw = torch.matmul(q, key.float().transpose(2, 3)).reshape(b, n_heads, q_len, k_len) * scaling
+    dt = _score_dtype(query)
+    q = query.to(dt).reshape(b, n_kv, g * q_len, d)
+    raw = torch.matmul(q, key.to(dt).transpose(2, 3)).reshape(b, n_heads, q_len, k_len) * scaling
     if softcap is not None:
         raw = torch.tanh(raw / softcap) * softcap
     if attention_mask is not None:
-        raw = raw + attention_mask[:, :, :, :k_len].float()
+        raw = raw + attention_mask[:, :, :, :k_len].to(dt)
     scores = tap_scores(module, raw)
     pattern = tap_pattern(module, torch.nn.functional.softmax(scores, dim=-1).to(value.dtype))
     if dropout and module.training:
@@ -140,13 +146,14 @@ def _attention_after_prefix(module, query, key, value, pk, pv, attention_mask, s
     def unfold(t):  # [B, kv, V·g·q, x] -> [V·B, head, q, x]
         return t.reshape(b, n_kv, v, g * q_len, t.shape[-1]).permute(2, 0, 1, 3, 4).reshape(rows, n_heads, q_len, t.shape[-1])
 
-    q = query.float().reshape(rows, n_kv, g * q_len, d)
-    raw = torch.cat([unfold(torch.matmul(fold(q), pk.float().transpose(2, 3))),
-                     torch.matmul(q, key.float().transpose(2, 3)).reshape(rows, n_heads, q_len, -1)], -1) * scaling
+    dt = _score_dtype(query)
+    q = query.to(dt).reshape(rows, n_kv, g * q_len, d)
+    raw = torch.cat([unfold(torch.matmul(fold(q), pk.to(dt).transpose(2, 3))),
+                     torch.matmul(q, key.to(dt).transpose(2, 3)).reshape(rows, n_heads, q_len, -1)], -1) * scaling
     if softcap is not None:
         raw = torch.tanh(raw / softcap) * softcap
     if attention_mask is not None:
-        raw = raw + attention_mask[:, :, :, :raw.shape[-1]].float()
+        raw = raw + attention_mask[:, :, :, :raw.shape[-1]].to(dt)
     pattern = torch.nn.functional.softmax(raw, dim=-1).to(value.dtype)
     if dropout and module.training:
         pattern = torch.nn.functional.dropout(pattern, p=dropout, training=True)
