@@ -135,7 +135,9 @@ def tapped_attention(module, query, key, value, attention_mask, scaling=None, dr
 def _attention_after_prefix(module, query, key, value, pk, pv, attention_mask, scaling, dropout, softcap):
     """:func:`tapped_attention` over [prefix; new] keys without materialising the prefix per row:
     the queries of the V variants of each prefix row are stacked along the query axis against that
-    row's prefix keys (one matmul per prefix row), and against their own new keys as usual."""
+    row's prefix keys (one matmul per prefix row), and against their own new keys as usual.  Its
+    softcap / mask / softmax steps repeat :func:`tapped_attention`'s on purpose: nnsight reaches the
+    tap points as operations of that function's own source, so they cannot move into a helper."""
     rows, n_heads, q_len, d = query.shape
     b, n_kv, p_len, _ = pk.shape
     v, g = rows // b, n_heads // n_kv

@@ -38,7 +38,7 @@ from typing import Sequence
 import torch
 
 from interp.edits import Edit
-from interp.patching.activation import HEAD_SITES, PatchingResult, as_ids_mask, heads_at, to_left_padding
+from interp.patching.activation import PatchingResult, as_ids_mask, heads_at, to_left_padding
 from interp.patching.metrics import Metric
 from interp.sites import Site
 

@@ -22,7 +22,7 @@ import torch
 
 from interp.edits import Edit
 from interp.model import position_ids_from_mask
-from interp.patching.runner import EditFn, RunnerBase
+from interp.patching.runner import EditFn, RunnerBase, check_columns
 from interp.sites import Site
 
 
@@ -109,8 +109,7 @@ class EngineRunner(RunnerBase):
         """As :meth:`DecoderRunner.run_from`: ``hidden`` enters ``layer`` at the rows after
         ``prefix``; returns the rows' logits (``columns``: those vocabulary ids of the last row)."""
         self._check_edit_layers(edits, layer)
-        if columns is not None and not last_only:
-            raise ValueError("columns= unembeds the final position only: pass last_only=True")
+        check_columns(columns, last_only)
         batch, q = hidden.shape[:2]
         start = prefix.length if prefix is not None else 0
         filler = torch.full((batch, q), self.model.pad_token_id, dtype=torch.long, device=hidden.device)

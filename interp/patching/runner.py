@@ -168,9 +168,7 @@ class DecoderRunner(RunnerBase):
         """The corrupted run's state and, from the same batched forward (clean rows first), the
         clean run's final-position logits [batch, vocab] and activations at ``capture`` (full
         site names, e.g. ``blocks.3.attn.hook_z``)."""
-        b = clean_ids.shape[0]
-        state, logits, acts = self._state(torch.cat([clean_ids, input_ids]), attention_mask.repeat(2, 1), b, capture)
-        return state, logits, acts
+        return self._state(torch.cat([clean_ids, input_ids]), attention_mask.repeat(2, 1), clean_ids.shape[0], capture)
 
     def _state(self, input_ids, attention_mask, n_clean: int, capture):
         """Rows ``n_clean:`` give the state; rows ``:n_clean`` their final logits and ``capture``."""
@@ -216,7 +214,7 @@ class DecoderRunner(RunnerBase):
         the whole vocabulary).
         """
         self._check_edit_layers(edits, layer)
-        _check_columns(columns, last_only)
+        check_columns(columns, last_only)
         if layer == len(self.layers):  # past the last layer: the final norm and the unembedding
             self._check_mask(hidden.shape[:2], attention_mask, prefix)
             return self.head(hidden[:, -1:] if last_only else hidden, columns)
@@ -292,6 +290,6 @@ class ColumnUnembed(torch.nn.Module):
         return torch.nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-def _check_columns(columns, last_only: bool) -> None:
+def check_columns(columns, last_only: bool) -> None:
     if columns is not None and not last_only:
         raise ValueError("columns= unembeds the final position only: pass last_only=True")

@@ -106,7 +106,7 @@ def run_variants(
 
 
 def _run_chunk(runner, state, chunk: Sequence[Variant], start_pos: int, columns) -> torch.Tensor:
-    v, (batch, seq) = len(chunk), state.attention_mask.shape
+    v, batch = len(chunk), state.attention_mask.shape[0]
     base = chunk[0].layer
     by_site: dict[tuple[int, str], list[tuple[int, VariantFn]]] = defaultdict(list)
     for i, var in enumerate(chunk):
