@@ -64,12 +64,12 @@ class SharedPrefix:
 
     def suffix_batch(self, suffixes: list[list[int]]):
         """Right-padded suffixes and what a run of them after the prefix needs: (ids, mask over
-        the suffix, prefix key/values expanded to the batch, mask over prefix + suffix,
-        absolute positions), on the prefix's device."""
+        the suffix, the one-row prefix (every row reads it, never copied per row), mask over
+        prefix + suffix, absolute positions), on the prefix's device."""
         b, p = len(suffixes), self.prefix_len
         device = self.device
         ids, mask = (t.to(device) for t in pad_ids(suffixes, self.model.pad_token_id, "right"))
-        kv = self.kv.expand(b)
+        kv = self.kv
         full_mask = torch.cat([torch.ones(b, p, dtype=mask.dtype, device=device), mask], dim=1)
         positions = (p + torch.arange(ids.shape[1], device=device)).expand(b, -1)
         return ids, mask, kv, full_mask, positions
@@ -87,9 +87,9 @@ class SharedPrefix:
                     rows[layer] = pattern[torch.arange(b), :, final]
                 return fn
             edits = [(l, "attn.hook_pattern", grab(l)) for l in range(r.n_layers)]
-        logits = r.run_tokens(ids, full_mask, positions, prefix=kv, edits=edits)
+        logits = r.run_tokens(ids, full_mask, positions, prefix=kv, edits=edits, at=final)  # only the final positions unembedded
         return PrefixRun(
-            logits=logits[torch.arange(b), final],
+            logits=logits[:, 0],
             patterns=torch.stack([rows[l] for l in range(r.n_layers)]) if patterns else None,
             final_positions=p + final,
             prefix_len=p,
@@ -132,11 +132,11 @@ def _run_recorded(prefix: SharedPrefix, suffixes: list[list[int]], record_at: li
             (l, "attn.hook_z", keep("z", l, lambda t: t[rows, rec])),
             (l, "hook_attn_out", keep("attn_out", l, lambda t: t[rows, rec])),
         ]
-    logits = r.run_tokens(ids, full_mask, positions, prefix=kv, edits=edits)
+    logits = r.run_tokens(ids, full_mask, positions, prefix=kv, edits=edits, at=torch.tensor(predict_at))
     n = r.n_layers
     sc = torch.stack([got["scores"][l] for l in range(n)], 1)  # [b, layer, head, P + s]
     return RecordedRun(
-        logits=logits[rows, torch.tensor(predict_at)], attn_out=torch.stack([got["attn_out"][l] for l in range(n)], 1),
+        logits=logits[:, 0], attn_out=torch.stack([got["attn_out"][l] for l in range(n)], 1),
         z=torch.stack([got["z"][l] for l in range(n)], 1), q_rot=torch.stack([got["q"][l] for l in range(n)], 1),
         scores=[sc[j, :, :, : p + record_at[j] + 1] for j in range(b)], prefix_len=p,
     )

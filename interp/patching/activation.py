@@ -94,11 +94,37 @@ def to_left_padding(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> tuple
     return out_ids, out_mask
 
 
+def _from_cache(cache, names: Sequence[str], shape: tuple[int, int], mask: torch.Tensor, metric):
+    """The clean activations at ``names`` (and the clean metric, NaN without logits) from a clean
+    run's cache: a :class:`~interp.model.RunResult`, its ``.acts``, a TransformerLens
+    ``ActivationCache`` or any mapping of site name → [batch, pos, ...]."""
+    acts = getattr(cache, "acts", cache)
+    out = {}
+    for name in names:
+        try:
+            value = acts[name]
+        except KeyError:
+            raise ValueError(f"clean_cache has no {name!r}: capture it in the clean run "
+                             f"(model.run(clean, capture={list(names)!r}) or bridge.run_with_cache(clean))") from None
+        if tuple(value.shape[:2]) != shape:
+            raise ValueError(f"clean_cache[{name!r}] is {tuple(value.shape)}, the corrupted prompts are {shape} (batch, pos): "
+                             "cache the clean prompts of the same batch, at every position")
+        out[name] = value.detach()
+    left = mask.shape[1] == 0 or bool(mask[:, -1].all())
+    if not left:
+        raise ValueError("clean_cache with right-padded prompts: patching works in left-padded coordinates; "
+                         "build the prompts with padding_side='left' and cache those")
+    logits = getattr(cache, "logits", None)  # full-vocabulary logits, at every position or the final ones
+    clean_metric = float("nan") if logits is None else float(metric(logits if logits.ndim == 2 else logits[:, -1]))
+    return out, clean_metric
+
+
 class _Setup:
     """Shared preparation: clean/corrupted ids, the runner, the corrupted state, base metrics,
-    and ``capture`` (site names) from the clean run, in the same forward as its metric."""
+    and ``capture`` (site names) from the clean run, in the same forward as its metric, or from
+    ``clean_cache``."""
 
-    def __init__(self, model, clean, corrupted, metric, runner, capture: Sequence[str] = ()):
+    def __init__(self, model, clean, corrupted, metric, runner, capture: Sequence[str] = (), clean_cache=None):
         ids, mask = as_ids_mask(model, corrupted)
         clean_ids, clean_mask = as_ids_mask(model, clean) if clean is not None else (ids, mask)
         if clean_ids.shape != ids.shape:
@@ -114,17 +140,23 @@ class _Setup:
             raise ValueError("clean and corrupted prompts differ in length row by row: patching needs token-aligned pairs")
         self.runner = runner or model.runner
         self.clean_metric, self.clean_acts = float("nan"), None
-        if clean is None:
-            self.state: CorruptedState = self.runner.corrupted_state(self.ids, self.mask)
-        else:  # one batched forward: the corrupted state, the clean metric and the patched values
-            self.state, clean_logits, self.clean_acts = self.runner.states(self.clean_ids, self.ids, self.mask, capture)
-            self.clean_metric = float(metric(clean_logits))
-        self.corrupted_metric = float(metric(self.state.logits[:, -1]))
+        self.columns = columns = getattr(metric, "columns", None)  # a metric that reads a few logits gets only those
+        if clean_cache is not None:  # the clean run is given: only the corrupted one runs
+            self.clean_acts, self.clean_metric = _from_cache(clean_cache, capture, tuple(ids.shape), mask, metric)
+            self.state: CorruptedState = self.runner.corrupted_state(self.ids, self.mask, columns)
+        elif clean is None:
+            self.state = self.runner.corrupted_state(self.ids, self.mask, columns)
+        else:  # the corrupted state, the clean metric and the patched values (runner.states)
+            self.state, clean_logits, self.clean_acts = self.runner.states(self.clean_ids, self.ids, self.mask, capture, columns)
+            self.clean_metric = float(evaluate(metric, clean_logits, columns))
+        self.corrupted_metric = float(evaluate(metric, self.state.logits[:, -1], columns))
         self.batch, self.seq_len = self.ids.shape
         # the first position where the clean and corrupted tokens differ: before it every
         # activation of the two runs is the same (attention is causal), so patching it is a no-op
         differ = (self.clean_ids != self.ids).any(0).nonzero()
         self.first_diff = int(differ.min()) if len(differ) else self.seq_len
+        if clean is None:  # no clean tokens to compare (a cache or stored values): every position counts
+            self.first_diff = 0
 
     def positions_mask(self, positions, trim: bool = False) -> torch.Tensor:
         """Bool [batch, seq] of patched positions (None = all) in the left-padded layout;
@@ -141,11 +173,18 @@ class _Setup:
 
     def run(self, variants, start: int, max_rows: int, progress: bool = False, desc: str = "") -> list[float]:
         """The metric of each variant (:func:`interp.patching.variants.run_variants`)."""
-        columns = getattr(self.metric, "columns", None)
-        logits = run_variants(self.runner, self.state, variants, start, columns=columns, max_rows=max_rows,
+        logits = run_variants(self.runner, self.state, variants, start, columns=self.columns, max_rows=max_rows,
                               progress=progress, desc=desc)
-        return [float(evaluate(self.metric, row, columns)) for row in logits]
+        return [float(evaluate(self.metric, row, self.columns)) for row in logits]
 
+
+CLEAN_CACHE_DOC = """``clean_cache``: the clean run's activations at the patched sites, computed once for several
+sweeps: a :class:`~interp.model.RunResult` of ``model.run(clean, capture=[...])`` (its logits give
+the clean metric), its ``.acts``, a TransformerLens ``ActivationCache`` from
+``bridge.run_with_cache(clean)`` (as ``transformer_lens.patching`` takes it) or any mapping of
+site name → [batch, pos, ...].  Only the corrupted run is computed.  ``clean`` (the tokens) may
+then be None: positions before the first differing token are then patched too (a no-op), and
+without logits in the cache the clean metric is NaN."""
 
 HEAD_SITES = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")
 
@@ -172,6 +211,7 @@ def patch_heads(
     runner: DecoderRunner | None = None,
     progress: bool = False,
     values: torch.Tensor | None = None,
+    clean_cache=None,
 ) -> PatchingResult:
     """Patch each head's activation at ``site`` (the output z by default; its query, key or
     value with ``attn.hook_q`` / ``hook_k`` / ``hook_v``, key/value heads for GQA) clean →
@@ -181,8 +221,9 @@ def patch_heads(
     ``cells``: only these (layer, head) pairs (e.g. the top of an attribution screen).
     ``values`` replaces the clean run: a stored activation per layer, [layer, head, d_head] (e.g.
     the mean head outputs of Todd et al. 2023), written at every patched position; ``clean`` may
-    then be None.  ``max_rows``: the memory budget of one batched call (variants × prompts ×
-    positions)."""
+    then be None.  ``clean_cache``: the clean run's activations, already computed, as
+    TransformerLens's patching functions take them (see :data:`CLEAN_CACHE_DOC`).  ``max_rows``:
+    the memory budget of one batched call (variants × prompts × positions)."""
     n_heads = heads_at(model, site)
     if cells is None:
         layers = list(range(model.n_layers)) if layers is None else list(layers)
@@ -192,7 +233,10 @@ def patch_heads(
         if not (0 <= l < model.n_layers and 0 <= h < n_heads):
             raise ValueError(f"cell ({l}, {h}) is outside the {model.n_layers} layers x {n_heads} heads of {site}")
     used = sorted({l for l, _ in cells})
-    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.{site}" for l in used] if values is None else ())
+    if values is not None and clean_cache is not None:
+        raise ValueError("patch_heads takes values= (stored activations) or clean_cache= (a clean run), not both")
+    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.{site}" for l in used] if values is None else (),
+               clean_cache=clean_cache)
     pmask = s.positions_mask(positions, trim=values is None)
     scores = torch.full((model.n_layers, n_heads), float("nan"))
     name = positions if isinstance(positions, str) else "chosen"
@@ -221,14 +265,14 @@ def patch_heads(
 @torch.no_grad()
 def patch_residual(
     model, clean, corrupted, metric: Metric, *, layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
-    max_rows: int = MAX_ROWS, runner: DecoderRunner | None = None, progress: bool = False,
+    max_rows: int = MAX_ROWS, runner: DecoderRunner | None = None, progress: bool = False, clean_cache=None,
 ) -> PatchingResult:
     """Patch ``hook_resid_pre`` of one layer at one position (clean → corrupted): grid
     [layer, position] (left-padded positions).  The variants of one position run together, from
     that position on; a position before the first token where the prompts differ changes nothing
-    (its score is the corrupted metric, not recomputed)."""
+    (its score is the corrupted metric, not recomputed).  ``clean_cache`` as in :func:`patch_heads`."""
     layers = list(range(model.n_layers)) if layers is None else list(layers)
-    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.hook_resid_pre" for l in layers])
+    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.hook_resid_pre" for l in layers], clean_cache=clean_cache)
     positions = list(range(s.seq_len)) if positions is None else [p % s.seq_len for p in positions]
     clean_resid = s.clean_acts
     scores = torch.full((model.n_layers, s.seq_len), float("nan"))
@@ -253,13 +297,15 @@ def patch_residual(
 @torch.no_grad()
 def patch_layer_outputs(
     model, clean, corrupted, metric: Metric, *, positions="all", layers: Sequence[int] | None = None,
-    max_rows: int = MAX_ROWS, runner: DecoderRunner | None = None, progress: bool = False,
+    max_rows: int = MAX_ROWS, runner: DecoderRunner | None = None, progress: bool = False, clean_cache=None,
 ) -> PatchingResult:
     """Patch each layer's ``hook_attn_out`` and ``hook_mlp_out`` (clean → corrupted) at
-    ``positions``: grid [layer, 2] with columns (attn_out, mlp_out)."""
+    ``positions``: grid [layer, 2] with columns (attn_out, mlp_out).  ``clean_cache`` as in
+    :func:`patch_heads`."""
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     sites = ("hook_attn_out", "hook_mlp_out")
-    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.{h}" for l in layers for h in sites])
+    s = _Setup(model, clean, corrupted, metric, runner, capture=[f"blocks.{l}.{h}" for l in layers for h in sites],
+               clean_cache=clean_cache)
     pmask = s.positions_mask(positions, trim=True)
     scores = torch.full((model.n_layers, 2), float("nan"))
     name = positions if isinstance(positions, str) else "chosen"

@@ -77,6 +77,10 @@ class _RowsEdit(Edit):
         return [(self.site, apply)]
 
 
+def _columns(logits: torch.Tensor, columns) -> torch.Tensor:
+    return logits if columns is None else logits[..., torch.as_tensor(columns, dtype=torch.long, device=logits.device)]
+
+
 class EngineRunner(RunnerBase):
     """The runner interface (``corrupted_state``, ``run_from``, ``run_tokens``; ``resid_post`` and
     ``run_with_final_resid`` from :class:`RunnerBase`) over full forwards of a
@@ -90,24 +94,26 @@ class EngineRunner(RunnerBase):
         self.n_layers = model.n_layers
 
     @torch.no_grad()
-    def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EngineState:
+    def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, columns=None) -> EngineState:
         n = self.n_layers
         sites = [f"blocks.{l}.hook_resid_pre" for l in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
         out = self.model.run(input_ids, attention_mask=attention_mask, capture=sites)
         resid_pre = torch.stack([out.acts[f"blocks.{l}.hook_resid_pre"] for l in range(n)])
-        return EngineState(input_ids, resid_pre, out.acts[sites[-1]], out.logits, attention_mask, position_ids_from_mask(attention_mask))
+        logits = _columns(out.logits[:, -1:], columns)
+        return EngineState(input_ids, resid_pre, out.acts[sites[-1]], logits, attention_mask, position_ids_from_mask(attention_mask))
 
     @torch.no_grad()
-    def states(self, clean_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, capture=()):
+    def states(self, clean_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, capture=(), columns=None):
         """As :meth:`DecoderRunner.states`, from two forwards of the engine."""
         out = self.model.run(clean_ids, attention_mask=attention_mask, capture=list(capture), logits="final")
-        return self.corrupted_state(input_ids, attention_mask), out.logits, {k: out.acts[k] for k in capture}
+        return self.corrupted_state(input_ids, attention_mask, columns), _columns(out.logits, columns), {k: out.acts[k] for k in capture}
 
     def run_from(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
                  prefix: PromptPrefix | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False,
-                 columns: torch.Tensor | None = None) -> torch.Tensor:
+                 columns: torch.Tensor | None = None, active=None) -> torch.Tensor:
         """As :meth:`DecoderRunner.run_from`: ``hidden`` enters ``layer`` at the rows after
-        ``prefix``; returns the rows' logits (``columns``: those vocabulary ids of the last row)."""
+        ``prefix``; returns the rows' logits (``columns``: those vocabulary ids of the last row).
+        ``active`` is not used: every row runs every layer (the same logits)."""
         self._check_edit_layers(edits, layer)
         check_columns(columns, last_only)
         batch, q = hidden.shape[:2]
@@ -117,14 +123,21 @@ class EngineRunner(RunnerBase):
         site = Site(layer, "hook_resid_pre") if layer < self.n_layers else Site(self.n_layers - 1, "hook_resid_post")
         write = _RowsEdit(site, lambda rows: hidden, start)
         logits = self._run(ids, attention_mask, [write], edits, start, last_only)
-        return logits if columns is None else logits[..., torch.as_tensor(columns, dtype=torch.long, device=logits.device)]
+        return _columns(logits, columns)
 
     def run_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
-                   prefix: PromptPrefix | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False) -> torch.Tensor:
+                   prefix: PromptPrefix | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False,
+                   at: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`DecoderRunner.run_tokens`: the rows' tokens after ``prefix``."""
+        if at is not None and last_only:
+            raise ValueError("run_tokens takes last_only or at, not both")
         start = prefix.length if prefix is not None else 0
         ids = input_ids if prefix is None else torch.cat([prefix.expand(input_ids.shape[0]).input_ids.to(input_ids.device), input_ids], 1)
-        return self._run(ids, attention_mask, [], edits, start, last_only)
+        logits = self._run(ids, attention_mask, [], edits, start, last_only)
+        if at is None:
+            return logits
+        at = torch.as_tensor(at, dtype=torch.long, device=logits.device)
+        return logits[torch.arange(logits.shape[0], device=logits.device), at][:, None]
 
     def _run(self, ids, attention_mask, first: list, edits, start: int, last_only: bool) -> torch.Tensor:
         if attention_mask.shape != ids.shape:

@@ -30,7 +30,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from interp.attention import clear_prefix, stash_prefix
 from interp.model import position_ids_from_mask
 from interp.sites import BLOCK_HOOKS, Site
-from interp.torch_sites import installed
+from interp.torch_sites import TAP_SITES, installed
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 RUNNER_SITES = tuple(BLOCK_HOOKS)
@@ -110,11 +110,40 @@ class _Skip(torch.nn.Module):
         return hidden_states
 
 
+def _pass_through_rows(layer: torch.nn.Module, n: int, rows: int) -> list:
+    """Hooks that run ``layer`` on its first ``n`` of ``rows`` batch rows only and pass the rest
+    through unchanged: every input with ``rows`` rows along dim 0 (hidden states, 4-d masks,
+    position ids and rotary tables; not 1-d ones such as ``cache_position``) is cut to its first
+    ``n``, and the rest of the hidden states are appended to the layer's output."""
+    kept = {}
+
+    def cut(x):
+        if isinstance(x, torch.Tensor):
+            return x[:n] if x.ndim >= 2 and x.shape[0] == rows else x
+        if isinstance(x, (tuple, list)):
+            return type(x)(cut(y) for y in x)
+        return x
+
+    def pre(mod, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        kept["rest"] = hidden[n:]
+        return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+    def post(mod, args, out):
+        first = out[0] if isinstance(out, tuple) else out
+        new = torch.cat([first, kept.pop("rest").to(first.dtype)])
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    return [layer.register_forward_pre_hook(pre, with_kwargs=True), layer.register_forward_hook(post)]
+
+
 class RunnerBase:
     """What both runners derive from ``corrupted_state`` and ``run_from`` (this module's
     :class:`DecoderRunner`, :class:`interp.patching.engine_runner.EngineRunner`)."""
 
     n_layers: int
+    # run_from's ``active`` saves work (rows pass through the layers below their own start)
+    runs_active_rows = False
 
     def resid_post(self, state, layer: int) -> torch.Tensor:
         """The residual leaving ``layer`` in ``state``: [batch, pos, d_model]."""
@@ -144,6 +173,7 @@ class DecoderRunner(RunnerBase):
     Built once per :class:`~interp.model.Model` (``model.runner``)."""
 
     path = "fast"
+    runs_active_rows = True
     description = ("fast path: transformers' forward of a plain eager twin (shared weights), layers below the patched one "
                    "passed through, earlier positions' keys/values cached")
 
@@ -158,20 +188,42 @@ class DecoderRunner(RunnerBase):
         self.n_heads, self.d_head = self.facts.n_heads, self.facts.d_head
 
     @torch.no_grad()
-    def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> CorruptedState:
-        """One full forward that records what patched runs start from."""
-        return self._state(input_ids, attention_mask, 0, ())[0]
+    def corrupted_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, columns: torch.Tensor | None = None) -> CorruptedState:
+        """One full forward that records what patched runs start from; ``columns``: its final
+        logits only at these vocabulary ids ([batch, 1, len(columns)])."""
+        return self._state(input_ids, attention_mask, 0, (), columns)[0]
 
     @torch.no_grad()
     def states(self, clean_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               capture: Sequence[str] = ()) -> tuple[CorruptedState, torch.Tensor, dict[str, torch.Tensor]]:
-        """The corrupted run's state and, from the same batched forward (clean rows first), the
-        clean run's final-position logits [batch, vocab] and activations at ``capture`` (full
-        site names, e.g. ``blocks.3.attn.hook_z``)."""
-        return self._state(torch.cat([clean_ids, input_ids]), attention_mask.repeat(2, 1), clean_ids.shape[0], capture)
+               capture: Sequence[str] = (), columns: torch.Tensor | None = None,
+               ) -> tuple[CorruptedState, torch.Tensor, dict[str, torch.Tensor]]:
+        """The corrupted run's state, the clean run's final-position logits [batch, vocab] (only
+        ``columns`` when given) and its activations at ``capture`` (full site names, e.g.
+        ``blocks.3.attn.hook_z``; [batch, pos, ...] each).
 
-    def _state(self, input_ids, attention_mask, n_clean: int, capture):
-        """Rows ``n_clean:`` give the state; rows ``:n_clean`` their final logits and ``capture``."""
+        Before the first position where the two prompts differ every activation is the same in
+        both runs (attention is causal): the clean run starts there, reading the corrupted run's
+        keys/values and activations before it.  When they differ from the first position (or a
+        site is not [batch, pos, ...]), both run in one batched forward, clean rows first."""
+        from interp.sites import parse_site
+
+        n = len(self.layers)
+        differ = (clean_ids != input_ids).any(0).nonzero()
+        first = min(int(differ.min()) if len(differ) else input_ids.shape[1], input_ids.shape[1] - 1)
+        sites = [parse_site(name, n) for name in capture]
+        if first == 0 or any(site.layer is None or site.hook in TAP_SITES for site in sites):
+            return self._state(torch.cat([clean_ids, input_ids]), attention_mask.repeat(2, 1), clean_ids.shape[0], capture, columns)
+        state, _, before = self._state(input_ids, attention_mask, 0, capture, columns)
+        after = {}
+        grabs = [(site.layer, site.hook, lambda t, name=name: after.__setitem__(name, t)) for name, site in zip(capture, sites)]
+        logits = self._forward({"input_ids": clean_ids[:, first:]}, (clean_ids.shape[0], clean_ids.shape[1] - first), attention_mask,
+                               state.position_ids[:, first:], state.prefix(first), grabs, True, columns)
+        acts = {name: torch.cat([before[name][:, :first], after[name].to(before[name].dtype)], 1) for name in capture}
+        return state, logits[:, -1], acts
+
+    def _state(self, input_ids, attention_mask, n_clean: int, capture, columns=None):
+        """Rows ``n_clean:`` give the state; rows ``:n_clean`` their final logits and ``capture``
+        (the state's rows give ``capture`` when ``n_clean`` is 0)."""
         from interp.sites import parse_site
 
         position_ids = position_ids_from_mask(attention_mask)
@@ -179,9 +231,11 @@ class DecoderRunner(RunnerBase):
         resid, acts = {}, {}
         hooks = [(Site(l, "hook_resid_pre"), lambda t, l=l: resid.__setitem__(l, t[b:])) for l in range(n)]
         hooks.append((Site(n - 1, "hook_resid_post"), lambda t: resid.__setitem__(n, t[b:])))
-        hooks += [(parse_site(name, n), lambda t, name=name: acts.__setitem__(name, t[:b])) for name in capture]
+        hooks += [(parse_site(name, n), lambda t, name=name: acts.__setitem__(name, t[:b] if b else t)) for name in capture]
         cache = DynamicCache()
-        with installed(self.twin, self.arch, self.facts, hooks):
+        unembed = nullcontext() if columns is None else self.arch.swapped_top(
+            self.twin, "unembed", ColumnUnembed(self.arch.top(self.twin, "unembed"), columns))
+        with unembed, installed(self.twin, self.arch, self.facts, hooks):
             out = self.twin(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             cache=cache, use_cache=True, logits_to_keep=1)
         keys = [cache.layers[i].keys[b:] for i in range(n)]
@@ -201,6 +255,7 @@ class DecoderRunner(RunnerBase):
         edits: Sequence[tuple[int, str, EditFn]] = (),
         last_only: bool = False,
         columns: torch.Tensor | None = None,
+        active: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Logits of running ``hidden`` [batch, q, d_model] (the residual entering ``layer``)
         through layers ``layer``.. and the head.
@@ -211,7 +266,10 @@ class DecoderRunner(RunnerBase):
         :mod:`interp.sites` at a layer ≥ ``layer``.  ``last_only``: unembed only the last row and
         return [batch, 1, vocab].  ``columns`` (with ``last_only``): unembed only these vocabulary
         ids and return [batch, 1, len(columns)] (a metric that reads two logits does not pay for
-        the whole vocabulary).
+        the whole vocabulary).  ``active[l]`` (one entry per layer of the model): only the first
+        ``active[l]`` rows run layer l, the others pass through it unchanged (rows that a later
+        edit overwrites anyway, as the variants of :mod:`interp.patching.variants` that start
+        higher up); None runs every row through every layer.
         """
         self._check_edit_layers(edits, layer)
         check_columns(columns, last_only)
@@ -223,7 +281,11 @@ class DecoderRunner(RunnerBase):
             return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
         originals = list(self.layers)
-        handle = originals[layer].register_forward_pre_hook(set_input, with_kwargs=True)
+        handles = [originals[layer].register_forward_pre_hook(set_input, with_kwargs=True)]
+        if active is not None:  # after set_input, before any edit's hooks: the edits see the running rows
+            rows = hidden.shape[0]
+            handles += [h for l in range(layer, len(originals)) if active[l] < rows
+                        for h in _pass_through_rows(originals[l], int(active[l]), rows)]
         try:
             for i in range(layer):
                 self.layers[i] = _Skip(originals[i])
@@ -231,7 +293,8 @@ class DecoderRunner(RunnerBase):
             return self._forward({"inputs_embeds": dummy}, hidden.shape[:2], attention_mask, position_ids, prefix, edits, last_only,
                                  columns)
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
             for i in range(layer):
                 self.layers[i] = originals[i]
 
@@ -246,10 +309,29 @@ class DecoderRunner(RunnerBase):
         return torch.tanh(logits / cap) * cap if cap else logits
 
     def run_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
-                   prefix: PrefixKV | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False) -> torch.Tensor:
+                   prefix: PrefixKV | None = None, edits: Sequence[tuple[int, str, EditFn]] = (), last_only: bool = False,
+                   at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of token rows ``input_ids`` [batch, q] after ``prefix`` (the model's own
-        embeddings, learned positions included); arguments as in :meth:`run_from`."""
-        return self._forward({"input_ids": input_ids}, input_ids.shape, attention_mask, position_ids, prefix, edits, last_only)
+        embeddings, learned positions included); arguments as in :meth:`run_from`.  ``at``
+        [batch]: unembed only row b's position ``at[b]`` (right-padded rows end at different
+        positions) and return [batch, 1, vocab]."""
+        if at is None:
+            return self._forward({"input_ids": input_ids}, input_ids.shape, attention_mask, position_ids, prefix, edits, last_only)
+        if last_only:
+            raise ValueError("run_tokens takes last_only or at, not both")
+        at = torch.as_tensor(at, dtype=torch.long, device=input_ids.device)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+
+        def pick(mod, args, kwargs):  # the unembedding's input [batch, q, d] -> [batch, 1, d]
+            x = args[0] if args else kwargs["input"]
+            x = x[rows, at][:, None]
+            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "input": x})
+
+        handle = self.arch.top(self.twin, "unembed").register_forward_pre_hook(pick, with_kwargs=True)
+        try:
+            return self._forward({"input_ids": input_ids}, input_ids.shape, attention_mask, position_ids, prefix, edits, False)
+        finally:
+            handle.remove()
 
     @staticmethod
     def _check_mask(rows_shape, attention_mask, prefix) -> None:
@@ -267,13 +349,38 @@ class DecoderRunner(RunnerBase):
         extra = {"logits_to_keep": 1} if last_only else {}
         unembed = nullcontext() if columns is None else self.arch.swapped_top(
             self.twin, "unembed", ColumnUnembed(self.arch.top(self.twin, "unembed"), columns))
+        trim = self._last_mlp_on_last_row(rows_shape[1], edits) if last_only else []
         clear_prefix()
         try:
             with unembed, installed(self.twin, self.arch, self.facts, hooks):
                 out = self.twin(**inputs, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True, **extra)
         finally:
             clear_prefix()
+            for h in trim:
+                h.remove()
         return out.logits
+
+    def _last_mlp_on_last_row(self, q_len: int, edits) -> list:
+        """When only the last row's logits are wanted, the last layer's MLP need not run on the
+        other rows (nothing above it reads them): hooks that run it on the last row only and give
+        zeros elsewhere.  Not when an edit writes the last layer's MLP output or residual (it
+        would see the zeros), nor where the MLP is not one module (OPT's fc1 / fc2)."""
+        last = self.n_layers - 1
+        if q_len < 2 or self.arch.mlp_in is not None or any(l == last and h in ("hook_mlp_out", "hook_resid_post") for l, h, _ in edits):
+            return []
+        mlp = self.arch.sub(self.twin, last, "mlp")
+
+        def pre(mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            x = x[:, -1:]
+            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+        def post(mod, args, out):
+            full = out.new_zeros(out.shape[0], q_len, *out.shape[2:])
+            full[:, -1:] = out
+            return full
+
+        return [mlp.register_forward_pre_hook(pre, with_kwargs=True), mlp.register_forward_hook(post)]
 
 
 class ColumnUnembed(torch.nn.Module):

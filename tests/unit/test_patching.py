@@ -42,6 +42,35 @@ def test_head_patching_matches_transformer_lens(models, engine):
     assert ours.clean_metric == pytest.approx(float(tl_metric(bridge(clean[0]).detach())), abs=1e-5)
 
 
+@pytest.mark.parametrize("engine", ["transformer-lens", "nnsight"])
+def test_patching_from_a_clean_cache_equals_patching_from_the_clean_prompts(models, engine):
+    """TransformerLens's own cache of the clean run, or a RunResult of ours, in place of the clean
+    prompts: the same scores, no clean forward; the clean metric from the RunResult's logits."""
+    fm, bridge = models[engine], models["transformer-lens"].bridge
+    clean, corrupt = fm.encode(CLEAN), fm.encode(CORRUPT)
+    with torch.no_grad():
+        _, tl_cache = bridge.run_with_cache(clean[0])
+    sites = [f"blocks.{l}.attn.hook_z" for l in range(fm.n_layers)]
+    ours_cache = fm.run(clean[0], capture=sites)
+    for positions in ("all", "final"):
+        want = patch_heads(fm, clean, corrupt, METRIC, positions=positions)
+        for cache in (tl_cache, ours_cache, ours_cache.acts):
+            got = patch_heads(fm, None, corrupt, METRIC, positions=positions, clean_cache=cache)
+            assert float((got.scores - want.scores).abs().max()) <= 1e-5
+            assert got.corrupted_metric == pytest.approx(want.corrupted_metric, abs=1e-6)
+        with_tokens = patch_heads(fm, clean, corrupt, METRIC, positions=positions, clean_cache=ours_cache)
+        assert float((with_tokens.scores - want.scores).abs().max()) <= 1e-5
+        assert with_tokens.clean_metric == pytest.approx(want.clean_metric, abs=1e-5)
+    resid = [f"blocks.{l}.hook_resid_pre" for l in range(fm.n_layers)]
+    want = patch_residual(fm, clean, corrupt, METRIC)
+    got = patch_residual(fm, None, corrupt, METRIC, clean_cache=fm.run(clean[0], capture=resid))
+    assert float((got.scores - want.scores).abs().max()) <= 1e-5
+    with pytest.raises(ValueError, match="capture it in the clean run"):
+        patch_heads(fm, None, corrupt, METRIC, clean_cache=fm.run(clean[0], capture=sites[:1]))
+    with pytest.raises(ValueError, match="not both"):
+        patch_heads(fm, None, corrupt, METRIC, clean_cache=ours_cache, values=torch.zeros(fm.n_layers, fm.n_heads, fm.d_head))
+
+
 def test_residual_patching_matches_transformer_lens(models):
     fm = models["transformer-lens"]
     clean, corrupt = fm.encode(CLEAN), fm.encode(CORRUPT)
