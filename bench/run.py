@@ -134,8 +134,10 @@ def bench_patching(model, reference, repeats: int) -> list[dict]:
     rows = []
     with torch.no_grad():
         theirs, t_tl = timed_value(lambda: tl_patching.get_act_patch_attn_head_out_all_pos(bridge, corrupt, cache, tl_metric))
-    ours, t_ours = timed_value(lambda: patch_heads(model, clean, corrupt, metric, runner=runner, clean_cache=cache))
-    whole, t_whole = timed_value(lambda: patch_heads(model, clean, corrupt, metric, runner=runner))
+    ours = patch_heads(model, clean, corrupt, metric, runner=runner, clean_cache=cache)
+    whole = patch_heads(model, clean, corrupt, metric, runner=runner)
+    t_ours, t_whole = side_by_side(lambda: patch_heads(model, clean, corrupt, metric, runner=runner, clean_cache=cache),
+                                   lambda: patch_heads(model, clean, corrupt, metric, runner=runner), 2, warmup=0)
     alone = patch_heads(model, clean, corrupt, metric, runner=runner, max_rows=1)
     ratio = t_tl / t_ours
     rows.append(row("head_patching_all_pos_vs_transformer_lens", ratio, ">= 4 (speed-up)", ratio >= 4,
@@ -151,15 +153,13 @@ def bench_patching(model, reference, repeats: int) -> list[dict]:
     with torch.no_grad():
         theirs, t_tl = timed_value(lambda: tl_patching.generic_activation_patch(
             bridge, corrupt, cache, tl_metric, tl_patching.layer_pos_head_vector_patch_setter, "z", index_df=index_df))
-    t_ours = statistics.median(timed(lambda: patch_heads(model, clean, corrupt, metric, positions="final", runner=runner,
-                                                         clean_cache=cache)) for _ in range(5))
-    t_whole = statistics.median(timed(lambda: patch_heads(model, clean, corrupt, metric, positions="final", runner=runner))
-                                for _ in range(5))
+    t_ours, t_whole = side_by_side(lambda: patch_heads(model, clean, corrupt, metric, positions="final", runner=runner, clean_cache=cache),
+                                   lambda: patch_heads(model, clean, corrupt, metric, positions="final", runner=runner), 5)
     ours = patch_heads(model, clean, corrupt, metric, positions="final", runner=runner)
     alone = patch_heads(model, clean, corrupt, metric, positions="final", runner=runner, max_rows=1)
     ratio = t_tl / t_ours
-    # float32 GEMMs of fewer than 16 rows round differently from larger ones, so one variant per
-    # call differs from the batched call in the last bits; in float64 the two are the same numbers
+    # float32 GEMMs of one row round differently from larger ones, so one variant per call differs
+    # from the batched call in the last bits; in float64 the two agree to 1e-7
     m64 = load_model(model.name, dtype=torch.float64)
     r64 = DecoderRunner(m64.hf_model)
     together64 = patch_heads(m64, clean, corrupt, metric, positions="final", runner=r64)
@@ -171,6 +171,9 @@ def bench_patching(model, reference, repeats: int) -> list[dict]:
                     max_abs_diff=float((ours.scores.flatten() - theirs.flatten()).abs().max()),
                     max_abs_diff_unbatched=float((ours.scores - alone.scores).abs().max()),
                     max_abs_diff_unbatched_float64=float((together64.scores - alone64.scores).abs().max()),
+                    # each float32 path against the float64 sweep: batching does not make the numbers worse
+                    max_abs_err_vs_float64_batched=float((ours.scores.double() - together64.scores).abs().max()),
+                    max_abs_err_vs_float64_unbatched=float((alone.scores.double() - together64.scores).abs().max()),
                     max_abs_metric=float(ours.scores.abs().max())))
 
     rows.append(_bench_aie(model, clean, corrupt, gold, runner, timed_value))
