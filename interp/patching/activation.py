@@ -13,6 +13,7 @@ patched at all (every activation there is the same in both runs).  Many patched 
 one call, stacked along the batch, across layers (:mod:`interp.patching.variants`); a metric that
 reads a few logits (:class:`~interp.patching.metrics.ColumnMetric`) gets only those unembedded.
 Results equal TransformerLens's ``get_act_patch_attn_head_out_all_pos`` (a test checks 1e-4).
+As there, the clean run may be given as a cache (``clean_cache=``) instead of recomputed.
 """
 from __future__ import annotations
 

@@ -17,6 +17,11 @@ prefix + new keys/values without storing them, so one prefix serves any number o
 
 Edits inside a run are any sites of :mod:`interp.sites` at layers ≥ L, as (layer, hook, fn)
 triples, applied by :mod:`interp.torch_sites` and removed when the call returns or raises.
+
+Three more savings, each exact for what the call returns: ``run_from(..., active=)`` runs a layer
+on its first rows only (variants stacked by start layer, :mod:`interp.patching.variants`); with
+``last_only`` the last layer's MLP runs on the last row only; and :meth:`DecoderRunner.states`
+starts the clean run at the first token where it differs from the corrupted one.
 """
 from __future__ import annotations
 
@@ -83,7 +88,7 @@ class PrefixKV:
 class CorruptedState:
     """What patched runs reuse from one unpatched run: the residual stream entering every layer
     [layer, batch, pos, d_model], every layer's keys/values, and the final position's logits
-    [batch, 1, vocab] (``logits[:, -1]``)."""
+    [batch, 1, vocab] (``logits[:, -1]``; [batch, 1, len(columns)] when made with ``columns``)."""
 
     resid_pre: torch.Tensor
     resid_final: torch.Tensor  # the residual leaving the last layer (before the final norm)
