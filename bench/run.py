@@ -174,6 +174,8 @@ def bench_patching(model, reference, repeats: int) -> list[dict]:
                     # each float32 path against the float64 sweep: batching does not make the numbers worse
                     max_abs_err_vs_float64_batched=float((ours.scores.double() - together64.scores).abs().max()),
                     max_abs_err_vs_float64_unbatched=float((alone.scores.double() - together64.scores).abs().max()),
+                    max_abs_err_vs_float64_transformer_lens=float((theirs.reshape(together64.scores.shape).double()
+                                                                   - together64.scores).abs().max()),
                     max_abs_metric=float(ours.scores.abs().max())))
 
     rows.append(_bench_aie(model, clean, corrupt, gold, runner, timed_value))
