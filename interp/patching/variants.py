@@ -128,7 +128,7 @@ def _run_chunk(runner, state, chunk: Sequence[Variant], start_pos: int, columns,
             by_site[(var.layer, "hook_resid_pre")].append((i, lambda t, c=corrupted: c.to(t.dtype)))
         for layer, hook, fn in var.edits:
             by_site[(layer, hook)].append((i, fn))
-    edits = [(layer, hook, _per_variant(v, batch, fns)) for (layer, hook), fns in by_site.items()]
+    edits = [(layer, hook, _per_variant(batch, fns)) for (layer, hook), fns in by_site.items()]
     extra = {"columns": columns} if columns is not None else {}
     if grows:  # layer l runs the rows of the variants started at or below it
         starts = torch.tensor([var.layer for var in chunk])
@@ -141,7 +141,7 @@ def _run_chunk(runner, state, chunk: Sequence[Variant], start_pos: int, columns,
     return logits[:, -1].reshape(v, batch, -1)
 
 
-def _per_variant(v: int, batch: int, fns: list[tuple[int, VariantFn]]) -> VariantFn:
+def _per_variant(batch: int, fns: list[tuple[int, VariantFn]]) -> VariantFn:
     """One site's edit over the stacked batch: each listed variant's rows through its fns, in
     order.  Inside a layer that runs only the first variants' rows the site has only those (every
     variant edited there has started)."""

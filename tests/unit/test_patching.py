@@ -163,3 +163,19 @@ def test_label_logit_diff_known_answer():
     logits = torch.tensor([[1.0, 4.0, 2.0], [3.0, 1.0, 1.0]])
     # row 0: 4 - (1+2)/2 = 2.5; row 1: 3 - 1 = 2
     assert float(label_logit_diff(Batch())(logits)) == pytest.approx(2.25)
+
+
+def test_plan_chunks_known_answers():
+    """SmolLM2's shape (30 layers x 9 heads): a growing batch takes one call per row budget; a
+    runner that runs every row through every layer takes one call per layer when each variant has
+    many rows (merging two layers wastes 9 x 78 rows, more than a call and its layers cost)."""
+    from interp.patching.variants import plan_chunks
+
+    layers = [l for l in range(30) for _ in range(9)]
+    assert plan_chunks(layers, 1, 30, grows=True) == [range(0, 270)]
+    grown = plan_chunks(layers, 78, 30, max_rows=4096, grows=True)
+    assert len(grown) == 6 and all(len(c) <= 4096 // 78 for c in grown)
+    assert [i for c in grown for i in c] == list(range(270))
+    assert plan_chunks(layers, 78, 30, max_rows=4096) == [range(9 * l, 9 * l + 9) for l in range(30)]
+    with pytest.raises(ValueError, match="sorted"):
+        plan_chunks([1, 0], 1, 30)
